@@ -1,0 +1,121 @@
+"""The application factory: wiring, routes and the lifespan.
+
+``create_app(settings)`` builds every part from one :class:`Settings`; the
+lifespan starts them in order (broker, hub) and stops them in reverse.
+``/events`` is dispatched before FastAPI's routing and middleware, because
+the stream is the one path whose per-connection cost matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from .auth import Authenticator
+from .broker import Broker
+from .broker_memory import MemoryBroker
+from .config import Settings
+from .errors import BackendUnavailable
+from .hub import Hub
+from .ingest import Ingest, dapr_router
+from .logs import RedactTokens
+from .stream import StreamEndpoint
+
+__all__ = ["Application", "create_app", "create_broker"]
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(str(files("sse_service") / "static"))
+
+
+def create_broker(settings: Settings) -> Broker:
+    if settings.backend == "redis":
+        from .broker_redis import RedisBroker
+
+        return RedisBroker(settings)
+    return MemoryBroker(settings.history_size, settings.history_ttl_seconds)
+
+
+class Application:
+    """The ASGI app: ``/events`` goes straight to the stream, the rest to FastAPI."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.broker = broker or create_broker(settings)
+        self.hub = Hub(self.broker, settings)
+        self.auth = Authenticator(settings)
+        self.stream = StreamEndpoint(self.hub, self.auth, settings)
+        self.api = self._build_api()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/events":
+            await self.stream(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+    async def drain(self) -> None:
+        """Begin a graceful shutdown: not ready, then close streams over the window."""
+        logger.info("draining %d streams over %.1fs", self.hub.count, self.settings.drain_seconds)
+        await self.hub.drain(self.settings.drain_seconds)
+
+    async def ready(self) -> str | None:
+        """None when ready, else the reason."""
+        if self.hub.draining:
+            return "draining"
+        try:
+            await asyncio.wait_for(self.broker.ping(), timeout=2.0)
+        except BackendUnavailable as exc:
+            return exc.reason
+        except TimeoutError:
+            return "backend did not answer in time"
+        return None
+
+    @asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+        await self.broker.start(self.hub)
+        await self.hub.start()
+        logger.info("sse-service ready: backend=%s", self.settings.backend)
+        try:
+            yield
+        finally:
+            await self.hub.stop()
+            await self.broker.close()
+
+    def _build_api(self) -> FastAPI:
+        api = FastAPI(title="sse-service", lifespan=self.lifespan, docs_url=None,
+                      redoc_url=None)
+        if self.settings.cors_origins:
+            api.add_middleware(CORSMiddleware, allow_origins=list(self.settings.cors_origins),
+                               allow_credentials=True, allow_methods=["GET"])
+        api.include_router(dapr_router(Ingest(self.broker, self.settings), self.settings))
+
+        @api.get("/healthz")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @api.get("/readyz")
+        async def readyz() -> Response:
+            reason = await self.ready()
+            if reason is not None:
+                return JSONResponse({"status": "unavailable", "reason": reason}, 503)
+            return JSONResponse({"status": "ready", "streams": self.hub.count})
+
+        if STATIC_DIR.is_dir():
+            api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+        return api
+
+
+def create_app(settings: Settings | None = None) -> Application:
+    """Factory for ``uvicorn --factory sse_service.app:create_app`` and the CLI."""
+    return Application(settings or Settings())

@@ -1,0 +1,128 @@
+"""The broker contract: per-user history and fan-out, shared by every backend.
+
+A broker keeps, for each user, an ordered history of encoded events and
+tells the local :class:`Sink` (the hub) about new ones.  The memory backend
+serves one process; the Redis backend shares history and fan-out between
+replicas.  Both pass ``tests/test_broker.py``.
+
+Positions
+    Every stored event has a :class:`Position` ``(epoch, offset)``.  Offsets
+    of one user are 1, 2, 3, ... with no holes, in the order the events were
+    appended.  The epoch names one incarnation of the user's history: it
+    changes when that history is lost (a memory backend restarts, Redis comes
+    back empty), so an old position can never be misread against new events.
+    ``str(position)`` is the SSE ``id`` clients echo in ``Last-Event-ID``.
+
+Ordering
+    :meth:`Broker.append` calls for one user are totally ordered; the sink
+    receives one user's records in offset order per process, and
+    :meth:`Broker.replay` returns them in offset order.  Nothing is ordered
+    across users.
+
+Atomicity
+    ``append`` stores the event, records its dedupe key and publishes it to
+    every replica as one step: any record a sink receives is already readable
+    through ``replay``, and a record in ``replay`` was (or is being) published.
+    When ``append`` raises, nothing was stored.
+
+After a position
+    ``replay(user, after)`` returns every retained record with
+    ``offset > after.offset`` in ``after.epoch``.  It cannot honour ``after``
+    (and says why in ``Replay.resync``, with no records) when the epoch is not
+    the current one (``"unknown_epoch"``), when records after it have already
+    been trimmed by size or age (``"expired"``), or when the offset is beyond
+    the newest (``"unknown_position"``).  ``after=None`` means "from now": no
+    records, only the head.  A partial replay is never returned.
+
+Subscriptions
+    ``subscribe(user)`` returns once records appended afterwards will reach
+    the sink; so a reader subscribes first, replays second and drops live
+    records whose offset it already has: no gap, no duplicate.
+
+Failures
+    Backend outages raise :class:`~sse_service.errors.BackendUnavailable`.
+    When a backend that lost its connection has it back, it calls
+    :meth:`Sink.resumed` so readers catch up from ``replay``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["Appended", "Broker", "Position", "Record", "Replay", "Sink"]
+
+_POSITION = re.compile(r"^([0-9a-z]{1,32})-(0|[1-9][0-9]{0,17})$")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    epoch: str
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}-{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position | None:
+        """Parse a client-supplied id; ``None`` when it is not one of ours."""
+        match = _POSITION.match(text.strip())
+        if match is None:
+            return None
+        return cls(match.group(1), int(match.group(2)))
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored event: ``data`` is the client-facing JSON line."""
+
+    user_id: str
+    epoch: str
+    offset: int
+    data: bytes
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    record: Record
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    head: Position
+    records: list[Record] = field(default_factory=list)
+    resync: str | None = None
+
+
+class Sink(Protocol):
+    """Receives records for subscribed users (the hub implements it)."""
+
+    def deliver(self, record: Record) -> None: ...
+
+    def resumed(self) -> None: ...
+
+
+class Broker(Protocol):
+    async def start(self, sink: Sink) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, user_id: str, key: str, data: bytes) -> Appended:
+        """Store ``data`` unless ``key`` was already stored for this user."""
+        ...
+
+    async def replay(self, user_id: str, after: Position | None) -> Replay: ...
+
+    async def subscribe(self, user_id: str) -> None: ...
+
+    async def unsubscribe(self, user_id: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``BackendUnavailable`` when the backend cannot serve requests."""
+        ...

@@ -1,0 +1,92 @@
+"""One error hierarchy, mapped to HTTP and to Dapr statuses in one place.
+
+::
+
+    ServiceError
+    ├── AuthError              401  bad, missing or expired token
+    ├── LimitError
+    │   ├── UserLimitError     429  too many streams for one user
+    │   └── CapacityError      503  process full or draining (with Retry-After)
+    ├── EventError             Dapr DROP: the event can never succeed
+    └── BackendUnavailable     Dapr RETRY, /readyz 503: transient broker failure
+
+Dapr reads a reply ``{"status": "SUCCESS" | "RETRY" | "DROP"}``; an unknown
+exception is RETRY, never a silent SUCCESS.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = [
+    "AuthError",
+    "BackendUnavailable",
+    "CapacityError",
+    "DaprStatus",
+    "EventError",
+    "LimitError",
+    "ServiceError",
+    "UserLimitError",
+    "dapr_status",
+    "http_status",
+]
+
+
+class DaprStatus(str, Enum):
+    SUCCESS = "SUCCESS"
+    RETRY = "RETRY"
+    DROP = "DROP"
+
+
+class ServiceError(Exception):
+    """Base of every error the service raises on purpose; ``reason`` is safe to show."""
+
+    status_code = 500
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AuthError(ServiceError):
+    status_code = 401
+
+
+class LimitError(ServiceError):
+    status_code = 429
+
+
+class UserLimitError(LimitError):
+    status_code = 429
+
+
+class CapacityError(LimitError):
+    status_code = 503
+
+    def __init__(self, reason: str, retry_after: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class EventError(ServiceError):
+    """A delivered event that no retry can fix (malformed, too large, unknown shape)."""
+
+    status_code = 422
+
+
+class BackendUnavailable(ServiceError):
+    """The history backend cannot be reached; the caller should retry later."""
+
+    status_code = 503
+
+
+def http_status(exc: BaseException) -> int:
+    return exc.status_code if isinstance(exc, ServiceError) else 500
+
+
+def dapr_status(exc: BaseException | None) -> DaprStatus:
+    if exc is None:
+        return DaprStatus.SUCCESS
+    if isinstance(exc, EventError):
+        return DaprStatus.DROP
+    return DaprStatus.RETRY

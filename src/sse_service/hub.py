@@ -1,0 +1,192 @@
+"""The hub: this process's open streams, grouped by user.
+
+It is the broker's :class:`~sse_service.broker.Sink`: each record is encoded
+to bytes once and the same bytes are offered to every stream of its user.
+One ticker serves every stream (keepalives, token expiry), so an idle stream
+costs no timer of its own.  Connection limits and the shutdown drain live
+here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from . import sse
+from .broker import Broker, Position, Record
+from .config import Settings
+from .connection import Connection
+from .errors import BackendUnavailable, CapacityError, UserLimitError
+
+__all__ = ["Hub"]
+
+logger = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(self, broker: Broker, settings: Settings) -> None:
+        self._broker = broker
+        self._keepalive = settings.keepalive_seconds
+        self._queue_size = settings.queue_size
+        self._max_total = settings.max_connections
+        self._max_per_user = settings.max_connections_per_user
+        self._users: dict[str, set[Connection]] = {}
+        self._subscriptions: dict[str, asyncio.Future[None]] = {}
+        self._catching_up: dict[str, bool] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self.count = 0
+        self.draining = False
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_forever(), name="sse-hub-ticker")
+
+    async def stop(self) -> None:
+        for conns in self._users.values():
+            for conn in conns:
+                conn.close("server_shutdown")
+        tasks = [t for t in (self._ticker, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self, window: float) -> None:
+        """Refuse new streams and close open ones spread over ``window`` seconds,
+        so their clients do not all reconnect to the other replicas at once."""
+        self.draining = True
+        conns = [conn for conns in self._users.values() for conn in conns]
+        batches = max(1, min(len(conns), int(window * 20)))
+        for index in range(batches):
+            for conn in conns[index::batches]:
+                conn.close("server_shutdown")
+            if index + 1 < batches:
+                await asyncio.sleep(window / batches)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(1.0, window)
+        while self.count and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        logger.info("drained: %d streams still open", self.count)
+
+    # -- streams ---------------------------------------------------------------
+    async def open(
+        self, user_id: str, deadline: float | None, after: Position | None, resync: str | None
+    ) -> Connection:
+        """Register a stream, then queue its replay (or resync) ahead of live events."""
+        if self.draining:
+            raise CapacityError("server is shutting down", retry_after=1)
+        if self.count >= self._max_total:
+            raise CapacityError("too many connections on this server")
+        conns = self._users.get(user_id)
+        if conns is not None and len(conns) >= self._max_per_user:
+            raise UserLimitError(f"more than {self._max_per_user} streams for this user")
+        conn = Connection(
+            user_id, deadline, self._queue_size, asyncio.get_running_loop().time()
+        )
+        self._users.setdefault(user_id, set()).add(conn)
+        self.count += 1
+        try:
+            await self._subscribed(user_id)
+            replay = await self._broker.replay(user_id, after)
+        except BaseException:
+            self.close(conn)
+            raise
+        if not conn.start(replay, resync, mark=after is None or resync is not None):
+            self._catch_up_later(user_id)
+        return conn
+
+    def close(self, conn: Connection) -> None:
+        conn.close("closed")
+        conns = self._users.get(conn.user_id)
+        if conns is None or conn not in conns:
+            return
+        conns.discard(conn)
+        self.count -= 1
+        if not conns:
+            del self._users[conn.user_id]
+            self._subscriptions.pop(conn.user_id, None)
+            self._spawn(self._broker.unsubscribe(conn.user_id))
+
+    def connections(self, user_id: str) -> int:
+        return len(self._users.get(user_id, ()))
+
+    # -- Sink ------------------------------------------------------------------
+    def deliver(self, record: Record) -> None:
+        conns = self._users.get(record.user_id)
+        if not conns:
+            return
+        frame = sse.encode_message(str(record.position), record.data)
+        complete = True
+        for conn in conns:
+            complete = conn.offer(record, frame) and complete
+        if not complete:
+            self._catch_up_later(record.user_id)
+
+    def resumed(self) -> None:
+        for user_id in list(self._users):
+            self._catch_up_later(user_id)
+
+    # -- internals -------------------------------------------------------------
+    async def _subscribed(self, user_id: str) -> None:
+        future = self._subscriptions.get(user_id)
+        if future is None:
+            future = asyncio.ensure_future(self._broker.subscribe(user_id))
+            self._subscriptions[user_id] = future
+        try:
+            await asyncio.shield(future)
+        except BaseException:
+            if self._subscriptions.get(user_id) is future and future.done():
+                del self._subscriptions[user_id]
+            raise
+
+    def _catch_up_later(self, user_id: str) -> None:
+        if user_id in self._catching_up:
+            self._catching_up[user_id] = True
+            return
+        self._catching_up[user_id] = False
+        self._spawn(self._catch_up(user_id))
+
+    async def _catch_up(self, user_id: str) -> None:
+        """Read history after each stream's position: fills gaps left by a lost
+        pub/sub message or a broker outage."""
+        try:
+            while True:
+                self._catching_up[user_id] = False
+                groups: dict[Position | None, list[Connection]] = defaultdict(list)
+                for conn in self._users.get(user_id, ()):
+                    if not conn.opening and not conn.closed:
+                        groups[conn.position].append(conn)
+                for position, group in groups.items():
+                    replay = await self._broker.replay(user_id, position)
+                    for conn in group:
+                        conn.catch_up(replay)
+                if not self._catching_up[user_id]:
+                    return
+        except BackendUnavailable as exc:
+            logger.warning("catch-up for user %s postponed: %s", user_id, exc.reason)
+        finally:
+            del self._catching_up[user_id]
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(1.0, self._keepalive / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for conns in list(self._users.values()):
+                for conn in conns:
+                    if conn.deadline is not None and now >= conn.deadline:
+                        conn.close("token_expired")
+                    elif conn.active:
+                        conn.active = False
+                        conn.idle_since = now
+                    elif now - conn.idle_since >= self._keepalive - period / 2:
+                        conn.keepalive()
+                        conn.active = False
+                        conn.idle_since = now

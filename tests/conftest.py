@@ -120,7 +120,9 @@ class Service:
         return self.process.returncode
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

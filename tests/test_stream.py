@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
+import socket
 import subprocess
 
 import httpx
 import pytest
 
-from conftest import Service, make_token
+from conftest import DAPR_HEADERS, Service, cloudevent
+from sse_service.sse import Decoder, ServerSentEvent
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,3 +40,262 @@ async def test_stream_starts_with_retry_and_comment_and_delivers_events(service,
         "type": "task_update", "event": "task.created", "task": {"id": 1, "title": "t1"}}
     assert event.id and event.id == stream.last_event_id
     assert "event:" not in "".join(stream.raw)
+
+
+async def test_each_user_gets_only_their_events_on_every_tab(service, open_stream):
+    tabs = {user: [await open_stream(service, token=service.token(user)) for _ in range(3)]
+            for user in ("alice", "bob")}
+    for n in range(1, 11):
+        service.publish("alice" if n % 2 else "bob", n)
+    for stream in tabs["alice"]:
+        assert await stream.tasks(5) == [1, 3, 5, 7, 9]
+    for stream in tabs["bob"]:
+        assert await stream.tasks(5) == [2, 4, 6, 8, 10]
+    # Nothing else is waiting for anyone: a marker event arrives next.
+    service.publish("alice", 99)
+    service.publish("bob", 98)
+    for stream in tabs["alice"]:
+        assert await stream.tasks(1) == [99]
+    for stream in tabs["bob"]:
+        assert await stream.tasks(1) == [98]
+
+
+async def test_resume_has_no_gap_and_no_duplicate_while_publishing(service, open_stream):
+    total = 200
+    token = service.token("resumer")
+    first = await open_stream(service, token=token)
+
+    async def publish_all() -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for n in range(1, total + 1):
+                await service.apublish(client, "resumer", n)
+
+    publisher = asyncio.ensure_future(publish_all())
+    received = await first.tasks(40, timeout=20)
+    last_id = first.last_event_id
+    await first.close()
+    second = await open_stream(service, token=token, last_event_id=last_id)
+    received += await second.tasks(total - 40, timeout=30)
+    await asyncio.wait_for(publisher, 30)
+    assert received == list(range(1, total + 1))
+    service.publish("resumer", 1000)
+    assert await second.tasks(1) == [1000]
+
+
+async def test_resume_from_query_parameter(service, open_stream):
+    token = service.token("q")
+    stream = await open_stream(service, token=token)
+    service.publish("q", 1)
+    await stream.tasks(1)
+    position = stream.last_event_id
+    await stream.close()
+    service.publish("q", 2)
+    service.publish("q", 3)
+    again = await open_stream(service, token=token, params={"lastEventId": position})
+    assert await again.tasks(2) == [2, 3]
+
+
+async def test_new_stream_is_marked_with_a_position_before_any_event(service, open_stream):
+    token = service.token("early")
+    stream = await open_stream(service, token=token)
+    assert stream.last_event_id, "the first block must carry an id"
+    marker = stream.last_event_id
+    await stream.close()
+    service.publish("early", 1)
+    again = await open_stream(service, token=token, last_event_id=marker)
+    assert await again.tasks(1) == [1]
+
+
+@pytest.mark.parametrize(
+    ("last_id", "reason"),
+    [("garbage id!", "invalid_id"), ("zz00zz-3", "unknown_epoch")],
+)
+async def test_unusable_ids_get_resync_then_live(service, open_stream, last_id, reason):
+    user = f"resync-{reason}"
+    service.publish(user, 1)
+    stream = await open_stream(service, token=service.token(user), last_event_id=last_id)
+    resync = await stream.next()
+    assert resync.event == "resync"
+    assert json.loads(resync.data) == {"type": "resync", "reason": reason}
+    assert resync.id.endswith("-1")
+    service.publish(user, 2)
+    assert await stream.tasks(1) == [2]
+
+
+async def test_id_beyond_the_newest_gets_resync(service, open_stream):
+    service.publish("ahead", 1)
+    probe = await open_stream(service, token=service.token("ahead"))
+    epoch = probe.last_event_id.rsplit("-", 1)[0]
+    stream = await open_stream(service, token=service.token("ahead"),
+                               last_event_id=f"{epoch}-50")
+    resync = await stream.next()
+    assert (resync.event, json.loads(resync.data)["reason"]) == ("resync", "unknown_position")
+
+
+async def test_id_older_than_history_gets_resync(start_service, open_stream):
+    service = start_service(history_size=5)
+    token = service.token("old")
+    stream = await open_stream(service, token=token)
+    service.publish("old", 1)
+    await stream.tasks(1)
+    old_id = stream.last_event_id
+    await stream.close()
+    for n in range(2, 11):
+        service.publish("old", n)
+    again = await open_stream(service, token=token, last_event_id=old_id)
+    resync = await again.next()
+    assert (resync.event, json.loads(resync.data)["reason"]) == ("resync", "expired")
+    assert resync.id.endswith("-10")
+    service.publish("old", 11)
+    assert await again.tasks(1) == [11]
+
+
+async def test_restart_of_memory_backend_gives_resync(start_service, open_stream):
+    service = start_service()
+    token = service.token("restart")
+    stream = await open_stream(service, token=token)
+    service.publish("restart", 1)
+    await stream.tasks(1)
+    service.stop(signal.SIGKILL)
+    await stream.wait_ended()
+    service = start_service(port=service.port)
+    again = await open_stream(service, token=token, last_event_id=stream.last_event_id)
+    resync = await again.next()
+    assert (resync.event, json.loads(resync.data)["reason"]) == ("resync", "unknown_epoch")
+    service.publish("restart", 2)
+    assert await again.tasks(1) == [2]
+
+
+async def test_keepalive_comments_while_idle(start_service, open_stream):
+    service = start_service(keepalive_seconds=0.3)
+    stream = await open_stream(service, token=service.token("idle"))
+    loop = asyncio.get_running_loop()
+    seen: list[float] = []
+    deadline = loop.time() + 5
+    while len(seen) < 4 and loop.time() < deadline:
+        count = stream.comments.count("keepalive")
+        if count > len(seen):
+            seen.append(loop.time())
+        await asyncio.sleep(0.01)
+    assert len(seen) == 4, stream.comments
+    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    assert all(0.15 <= gap <= 0.9 for gap in gaps), gaps
+
+
+async def test_connection_limits(start_service, open_stream):
+    service = start_service(max_connections_per_user=2, max_connections=3)
+    await open_stream(service, token=service.token("u1"))
+    await open_stream(service, token=service.token("u1"))
+    refused = await open_stream(service, token=service.token("u1"), expect=429)
+    assert "streams" in refused.json()["detail"]
+    await open_stream(service, token=service.token("u2"))
+    full = await open_stream(service, token=service.token("u3"), expect=503)
+    assert int(full.headers["retry-after"]) > 0
+
+
+async def test_graceful_shutdown_drains_streams(start_service, open_stream):
+    service = start_service(drain_seconds=1.5)
+    streams = [await open_stream(service, token=service.token(f"d{i}")) for i in range(5)]
+    service.process.send_signal(signal.SIGTERM)
+    async with httpx.AsyncClient(timeout=5) as client:
+        ready = await _poll(lambda: client.get(f"{service.url}/readyz"), 503)
+        assert ready.json()["reason"] == "draining"
+        refused = await client.get(f"{service.url}/events",
+                                   headers={"authorization": f"Bearer {service.token('late')}"})
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+    for stream in streams:
+        await stream.wait_ended(timeout=10)
+        assert "closing: server_shutdown" in stream.comments
+    assert service.process.wait(15) in (0, -signal.SIGTERM)
+    assert "drained: 0 streams still open" in service.logs()
+
+
+async def _poll(request, status: int, timeout: float = 5) -> httpx.Response:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        response = await request()
+        if response.status_code == status or loop.time() > deadline:
+            assert response.status_code == status, response.text
+            return response
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_shows_a_clean_stream(service):
+    token = service.token("curl")
+    with subprocess.Popen(
+        ["curl", "-sN", "-H", f"Authorization: Bearer {token}", f"{service.url}/events"],
+        stdout=subprocess.PIPE, text=True,
+    ) as curl:
+        assert curl.stdout is not None
+        lines = [curl.stdout.readline() for _ in range(3)]
+        assert lines[0].startswith("retry: ") and lines[1] == ": connected\n"
+        service.publish("curl", 7)
+        seen = []
+        while not seen or seen[-1] != "\n" or not any(x.startswith("data:") for x in seen):
+            seen.append(curl.stdout.readline())
+        curl.terminate()
+    frame = [line for line in seen if line.strip()]
+    assert frame[-2].startswith("id: ")
+    assert json.loads(frame[-1].removeprefix("data: "))["task"] == {"id": 7, "title": "t7"}
+
+
+class RawStream:
+    """A deliberately slow client: a tiny receive buffer and reads only when told."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = Decoder()
+        self.events: list[ServerSentEvent] = []
+        self.comments: list[str] = []
+
+    @classmethod
+    async def open(cls, service: Service, token: str) -> RawStream:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", service.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+        writer.write(f"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                     "\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return cls(reader, writer)
+
+    async def read_all(self, timeout: float = 20) -> None:
+        """Read chunks until the server ends the response."""
+        while True:
+            size = int(await asyncio.wait_for(self.reader.readline(), timeout), 16)
+            data = await asyncio.wait_for(self.reader.readexactly(size + 2), timeout)
+            text = data[:-2].decode()
+            self.comments += [line[2:] for line in text.splitlines() if line.startswith(": ")]
+            self.events += self.decoder.feed(text)
+            if size == 0:
+                return
+
+
+async def test_slow_client_is_cut_and_resumes_without_loss(start_service, open_stream):
+    service = start_service(queue_size=32, max_event_bytes=70_000)
+    token = service.token("slow")
+    slow = await RawStream.open(service, token)
+    fast = await open_stream(service, token=token)
+    blob = "x" * 48_000
+    total = 300
+    async with httpx.AsyncClient(timeout=10) as client:
+        for n in range(1, total + 1):
+            body = cloudevent({"event_type": "task.updated", "user_id": "slow",
+                               "task": {"id": n, "blob": blob}})
+            reply = await client.post(f"{service.url}/task-updates", content=body,
+                                      headers=DAPR_HEADERS)
+            assert reply.json()["status"] == "SUCCESS"
+    # The healthy stream of the same user got everything while the other stalled.
+    assert await fast.tasks(total, timeout=30) == list(range(1, total + 1))
+    service.wait_for_log("slow_consumer")
+    await slow.read_all()
+    assert "closing: slow_consumer" in slow.comments
+    got = [json.loads(e.data)["task"]["id"] for e in slow.events]
+    assert 0 < len(got) < total and got == list(range(1, len(got) + 1))
+    slow.writer.close()
+    again = await open_stream(service, token=token, last_event_id=slow.decoder.last_event_id)
+    assert await again.tasks(total - len(got), timeout=30) == list(range(len(got) + 1, total + 1))

@@ -72,7 +72,6 @@ class Authenticator:
         if not isinstance(algorithm, str) or algorithm not in self._algorithms:
             raise AuthError(f"algorithm {algorithm!r} is not allowed")
         key = await self._key_for(algorithm, header.get("kid"))
-        options: dict[str, Any] = {"require": ["exp", "sub"]}
         try:
             claims = jwt.decode(
                 token,
@@ -81,7 +80,7 @@ class Authenticator:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options=options,
+                options={"require": ["exp", "sub"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None

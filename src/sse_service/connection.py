@@ -40,6 +40,7 @@ class Connection:
         "_waiter",
         "_pending",
         "_flush",
+        "_history",
     )
 
     def __init__(self, user_id: str, deadline: float | None, limit: int, now: float) -> None:
@@ -56,6 +57,9 @@ class Connection:
         # Live records that arrive while the history is being read wait here.
         self._pending: list[tuple[Record, bytes]] | None = []
         self._flush = True
+        # Replayed frames are bounded by the history size, not by the queue:
+        # they do not count against the slow-consumer limit.
+        self._history = 0
 
     @property
     def closed(self) -> bool:
@@ -75,8 +79,7 @@ class Connection:
         if reason is not None:
             self._put(resync_frame(replay.head, reason))
         else:
-            for record in replay.records:
-                self._put(sse.encode_message(str(record.position), record.data))
+            self._put_history(replay.records)
             if mark:
                 # An id-only block: the browser's lastEventId now points here even
                 # before the first event, so an early reconnect misses nothing.
@@ -107,8 +110,10 @@ class Connection:
             self._put(resync_frame(replay.head, replay.resync))
             self.epoch, self.floor = replay.head.epoch, replay.head.offset
             return
-        for record in replay.records:
-            self.offer(record, sse.encode_message(str(record.position), record.data))
+        fresh = [r for r in replay.records if r.epoch == self.epoch and r.offset > self.floor]
+        self._put_history(fresh)
+        if replay.records:
+            self.floor = max(self.floor, replay.records[-1].offset)
 
     def keepalive(self) -> None:
         self._put(KEEPALIVE)
@@ -129,6 +134,7 @@ class Connection:
             return None
         chunk = frames[0] if len(frames) == 1 else b"".join(frames)
         frames.clear()
+        self._history = 0
         return chunk
 
     async def wait(self) -> None:
@@ -140,10 +146,18 @@ class Connection:
         finally:
             self._waiter = None
 
+    def _put_history(self, records: list[Record]) -> None:
+        if self.reason is not None or not records:
+            return
+        self._frames.extend(sse.encode_message(str(r.position), r.data) for r in records)
+        self._history += len(records)
+        self.active = True
+        self._wake()
+
     def _put(self, frame: bytes) -> None:
         if self.reason is not None:
             return
-        if len(self._frames) >= self._limit:
+        if len(self._frames) - self._history >= self._limit:
             logger.warning(
                 "disconnecting a stream of user %s: slow_consumer (%d frames queued)",
                 self.user_id,

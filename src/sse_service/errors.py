@@ -16,7 +16,7 @@ exception is RETRY, never a silent SUCCESS.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 __all__ = [
     "AuthError",
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-class DaprStatus(str, Enum):
+class DaprStatus(StrEnum):
     SUCCESS = "SUCCESS"
     RETRY = "RETRY"
     DROP = "DROP"

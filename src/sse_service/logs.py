@@ -33,6 +33,7 @@ class RedactTokens(logging.Filter):
 def log_config(level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for uvicorn and the service."""
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    access = '%(asctime)s INFO access: %(client_addr)s "%(request_line)s" %(status_code)s'
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -41,7 +42,7 @@ def log_config(level: str) -> dict[str, Any]:
             "default": {"format": fmt},
             "access": {
                 "()": "uvicorn.logging.AccessFormatter",
-                "fmt": '%(asctime)s INFO access: %(client_addr)s "%(request_line)s" %(status_code)s',
+                "fmt": access,
                 "use_colors": False,
             },
         },

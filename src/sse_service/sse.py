@@ -12,7 +12,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Decoder", "ServerSentEvent", "encode", "encode_comment", "encode_id", "encode_message", "encode_retry"]
+__all__ = [
+    "Decoder",
+    "ServerSentEvent",
+    "encode",
+    "encode_comment",
+    "encode_id",
+    "encode_message",
+    "encode_retry",
+]
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -84,11 +92,14 @@ class Decoder:
         self._buffer = ""
         self._data: list[str] = []
         self._event = ""
+        self._id = ""
         self._started = False
         self._pending_cr = False
 
     def feed(self, chunk: str) -> list[ServerSentEvent]:
-        if not self._started and chunk:
+        if not chunk:
+            return []
+        if not self._started:
             self._started = True
             chunk = chunk.removeprefix("\ufeff")
         if self._pending_cr and chunk.startswith("\n"):
@@ -114,12 +125,14 @@ class Decoder:
             self._event = value
         elif name == "id":
             if "\0" not in value:
-                self.last_event_id = value
+                self._id = value
         elif name == "retry":
             if value.isascii() and value.isdigit():
                 self.retry = int(value)
 
     def _dispatch(self) -> Iterator[ServerSentEvent]:
+        # The id takes effect when its block ends, never mid-block.
+        self.last_event_id = self._id
         data, event = self._data, self._event
         self._data, self._event = [], ""
         if not data:

@@ -101,7 +101,7 @@ class StreamEndpoint:
     async def _write(self, send: Send, conn: Connection) -> None:
         # Jitter spreads the reconnects of a whole deploy over a few seconds.
         retry = int(self._retry_ms * random.uniform(0.75, 1.25))
-        chunk = sse.encode_retry(retry) + b": connected\n\n" + (conn.take() or b"")
+        chunk: bytes | None = sse.encode_retry(retry) + b": connected\n\n" + (conn.take() or b"")
         while chunk is not None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             chunk = conn.take()

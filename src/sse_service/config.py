@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     pubsub_name: str = "taskpubsub"
     topic: str = "task-updates"
     dead_letter_topic: str | None = None
+    dapr_subscribe: bool = True
     max_event_bytes: int = Field(65_536, ge=256)
     app_api_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("APP_API_TOKEN", "app_api_token")

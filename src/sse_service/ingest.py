@@ -32,6 +32,10 @@ ROUTE = "/task-updates"
 
 
 def subscription(settings: Settings) -> list[dict[str, Any]]:
+    if not settings.dapr_subscribe:
+        # A declarative Subscription resource is in charge; announcing the
+        # same topic here would make daprd ignore it.
+        return []
     entry: dict[str, Any] = {
         "pubsubname": settings.pubsub_name,
         "topic": settings.topic,

@@ -29,6 +29,7 @@ __all__ = ["Envelope", "dedupe_key", "unwrap"]
 class Envelope:
     cloudevent_id: str | None
     payload: object
+    source: str = ""
 
 
 def _loads(raw: bytes | str, what: str) -> object:
@@ -51,6 +52,7 @@ def unwrap(event: object, depth: int = 0) -> Envelope:
     assert isinstance(event, dict)
     ce_id = event.get("id")
     ce_id = str(ce_id) if ce_id not in (None, "") else None
+    source = str(event.get("source") or "")
     if "data_base64" in event:
         encoded = event["data_base64"]
         if not isinstance(encoded, str):
@@ -68,14 +70,17 @@ def unwrap(event: object, depth: int = 0) -> Envelope:
         # A raw-payload subscription wraps the publisher's CloudEvent, and
         # daprd draws a new id for every redelivery: the inner id is the stable one.
         inner = unwrap(payload, depth + 1)
-        return Envelope(inner.cloudevent_id or ce_id, inner.payload)
-    return Envelope(ce_id, payload)
+        if inner.cloudevent_id is not None:
+            return inner
+        return Envelope(ce_id, inner.payload, source)
+    return Envelope(ce_id, payload, source)
 
 
 def dedupe_key(envelope: Envelope, metadata: Mapping[str, str], data: bytes) -> str:
     """A key that is the same on every redelivery of one published event."""
     if envelope.cloudevent_id is not None:
-        return "ce:" + envelope.cloudevent_id
+        # CloudEvents promise uniqueness of source + id, not of id alone.
+        return f"ce:{len(envelope.source)}:{envelope.source}:{envelope.cloudevent_id}"
     topic, partition, offset = (metadata.get(k) for k in ("__topic", "__partition", "__offset"))
     if topic and partition and offset:
         return f"kafka:{topic}:{partition}:{offset}"

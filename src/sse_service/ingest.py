@@ -102,6 +102,7 @@ class Ingest:
 
     async def _bulk(self, entries: list[Any]) -> list[dict[str, str]]:
         statuses = []
+        retrying = False
         for entry in entries:
             if not isinstance(entry, dict) or not entry.get("entryId"):
                 logger.warning("skipping a bulk entry without entryId")
@@ -111,7 +112,13 @@ class Ingest:
                 # rawPayload bulk entries carry the broker bytes as base64.
                 event = {"specversion": "1.0", "id": None, "data_base64": event}
             metadata = entry.get("metadata") or {}
-            status = await self.deliver(event, metadata if isinstance(metadata, dict) else {})
+            if retrying:
+                # daprd redelivers the batch; storing later entries now would
+                # put them ahead of the one that failed.
+                status = DaprStatus.RETRY
+            else:
+                status = await self.deliver(event, metadata if isinstance(metadata, dict) else {})
+                retrying = status is DaprStatus.RETRY
             statuses.append({"entryId": str(entry["entryId"]), "status": status.value})
         return statuses
 

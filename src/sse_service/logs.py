@@ -9,14 +9,23 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 __all__ = ["RedactTokens", "log_config", "redact"]
 
-_SECRET_QUERY = re.compile(r"((?:^|[?&;])(?:token|access_token)=)[^&;\s\"]*", re.IGNORECASE)
+_QUERY_PARAM = re.compile(r"(^|[?&;])([^=&;?/\s\"]+)=[^&;?\s\"]*")
+_SECRET_NAMES = frozenset({"token", "access_token"})
+
+
+def _mask(match: re.Match[str]) -> str:
+    # Names are compared decoded: the app reads ``tok%65n=`` as ``token=``.
+    if unquote_plus(match.group(2)).lower() in _SECRET_NAMES:
+        return f"{match.group(1)}{match.group(2)}=***"
+    return match.group(0)
 
 
 def redact(text: str) -> str:
-    return _SECRET_QUERY.sub(r"\1***", text)
+    return _QUERY_PARAM.sub(_mask, text)
 
 
 class RedactTokens(logging.Filter):

@@ -1,0 +1,790 @@
+"""The Dapr side against a real server: what daprd 1.18 sends, read back as daprd reads it.
+
+Requests carry exactly daprd's headers and bodies (compact JSON, sorted keys,
+``application/cloudevents+json`` for single deliveries, ``application/json``
+for bulk); replies are interpreted with :func:`daprd_outcome` and
+:func:`daprd_bulk_outcomes`, which follow daprd's response tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import (
+    DAPR_HEADERS,
+    NO_TRACE,
+    SECRET,
+    Service,
+    cloudevent,
+    free_port,
+    task_event,
+    wait_healthy,
+)
+from sse_service.broker import Appended, Position
+from sse_service.broker_memory import MemoryBroker
+from sse_service.config import Settings
+from sse_service.errors import BackendUnavailable
+from sse_service.ingest import Ingest
+
+pytestmark = pytest.mark.timeout(30)
+
+MAX_EVENT_BYTES = 2048
+APP_TOKEN = "app-token-5d0c1e"
+BULK_HEADERS = {**DAPR_HEADERS, "content-type": "application/json"}
+
+ACK, RETRY, DROP = "ack", "retry", "drop"
+
+
+# -- how daprd reads replies -----------------------------------------------------
+
+
+def daprd_outcome(response: httpx.Response) -> str:
+    """daprd's reading of the reply to one delivery: ack, retry or drop.
+
+    404 drops; any other non-2xx retries; a 2xx body that is empty, not JSON or
+    not an object is a success; ``status`` "" or "SUCCESS" acks, "DROP" drops,
+    "RETRY" and every other string (statuses are case-sensitive) retry.
+    """
+    if response.status_code == 404:
+        return DROP
+    if not 200 <= response.status_code < 300:
+        return RETRY
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return ACK
+    if not isinstance(body, dict):
+        return ACK
+    status = body.get("status")
+    if status is None or not isinstance(status, str):
+        return ACK  # null decodes to ""; a wrong type is a decode error daprd ignores
+    if status in ("", "SUCCESS"):
+        return ACK
+    if status == "DROP":
+        return DROP
+    return RETRY
+
+
+def daprd_bulk_outcomes(response: httpx.Response, entry_ids: list[str]) -> dict[str, str]:
+    """daprd's reading of a bulk reply: one outcome per entry it sent.
+
+    404 drops every entry; another non-2xx, or a body that does not decode as
+    ``{"statuses": [{"entryId": str, "status": str}]}``, retries every entry;
+    otherwise SUCCESS acks, DROP drops, anything else or a missing entryId retries.
+    """
+    everything = dict.fromkeys(entry_ids)
+    if response.status_code == 404:
+        return {k: DROP for k in everything}
+    if not 200 <= response.status_code < 300:
+        return {k: RETRY for k in everything}
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return {k: RETRY for k in everything}
+    statuses = body.get("statuses") if isinstance(body, dict) else "not an object"
+    if statuses is None:
+        statuses = []
+    if not isinstance(statuses, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("entryId", ""), str)
+        and isinstance(s.get("status", ""), str) for s in statuses
+    ):
+        return {k: RETRY for k in everything}
+    given = {s.get("entryId", ""): s.get("status", "") for s in statuses}
+    return {k: {"SUCCESS": ACK, "DROP": DROP}.get(given.get(k, ""), RETRY) for k in everything}
+
+
+def reply(status: int, body: bytes) -> httpx.Response:
+    return httpx.Response(status, content=body)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "outcome"),
+    [
+        (200, b'{"status":"SUCCESS"}', ACK),
+        (200, b"", ACK),
+        (200, b"ok", ACK),
+        (200, b"[]", ACK),
+        (200, b"{}", ACK),
+        (204, b"", ACK),
+        (200, b'{"status":""}', ACK),
+        (200, b'{"status":"RETRY"}', RETRY),
+        (200, b'{"status":"DROP"}', DROP),
+        (200, b'{"status":"success"}', RETRY),
+        (200, b'{"status":"drop"}', RETRY),
+        (404, b'{"status":"SUCCESS"}', DROP),
+        (400, b'{"status":"SUCCESS"}', RETRY),
+        (401, b"", RETRY),
+        (500, b'{"status":"DROP"}', RETRY),
+        (503, b"", RETRY),
+    ],
+)
+def test_daprd_outcome_follows_the_contract_table(status, body, outcome):
+    assert daprd_outcome(reply(status, body)) == outcome
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "outcomes"),
+    [
+        (200, b'{"statuses":[{"entryId":"a","status":"SUCCESS"},{"entryId":"b","status":"DROP"}]}',
+         {"a": ACK, "b": DROP}),
+        (200, b'{"statuses":[{"entryId":"a","status":"SUCCESS"}]}', {"a": ACK, "b": RETRY}),
+        (200, b'{"statuses":[{"entryId":"a","status":"RETRY"},{"entryId":"b","status":"x"}]}',
+         {"a": RETRY, "b": RETRY}),
+        (200, b"", {"a": RETRY, "b": RETRY}),
+        (200, b"nope", {"a": RETRY, "b": RETRY}),
+        (200, b'{"status":"SUCCESS"}', {"a": RETRY, "b": RETRY}),
+        (404, b"", {"a": DROP, "b": DROP}),
+        (500, b'{"statuses":[{"entryId":"a","status":"SUCCESS"}]}', {"a": RETRY, "b": RETRY}),
+    ],
+)
+def test_daprd_bulk_outcomes_follow_the_contract_table(status, body, outcomes):
+    assert daprd_bulk_outcomes(reply(status, body), ["a", "b"]) == outcomes
+
+
+# -- services ----------------------------------------------------------------------
+
+
+@contextmanager
+def running_service(tmp: Path, **settings: Any) -> Iterator[Service]:
+    """A service shared by a whole module (``start_service`` is per test)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SSE_") and k not in ("APP_API_TOKEN", "BETTER_AUTH_SECRET")}
+    env.update({"SSE_JWT_SECRET": SECRET, "SSE_LOG_LEVEL": "info", "SSE_DRAIN_SECONDS": "1",
+                "PYTHONUNBUFFERED": "1"})
+    for key, value in settings.items():
+        env[key if key.isupper() else "SSE_" + key.upper()] = str(value)
+    log = tmp / f"service-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sse_service", "serve", "--host", "127.0.0.1",
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    service = Service(f"http://127.0.0.1:{port}", port, process, log, env)
+    try:
+        wait_healthy(service.url, process, log)
+        yield service
+    finally:
+        service.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> Iterator[Service]:
+    with running_service(tmp_path_factory.mktemp("ingest"),
+                         max_event_bytes=MAX_EVENT_BYTES) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory) -> Iterator[Service]:
+    """A service behind an app API token, as when daprd has ``APP_API_TOKEN``."""
+    with running_service(tmp_path_factory.mktemp("guarded"), APP_API_TOKEN=APP_TOKEN) as svc:
+        yield svc
+
+
+def user() -> str:
+    return "u-" + uuid.uuid4().hex[:12]
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def compact(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
+def expected_data(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "task_update", "event": payload["event_type"], "task": payload["task"]}
+
+
+def raw_payload_wrapper(broker_bytes: bytes, outer_id: str | None = None) -> bytes:
+    """What daprd delivers to a ``rawPayload: "true"`` subscription: a new envelope
+    with the broker bytes in ``data_base64`` and a fresh id on every delivery."""
+    return compact({
+        "data_base64": base64.b64encode(broker_bytes).decode(),
+        "datacontenttype": "application/octet-stream",
+        "id": outer_id or new_id(),
+        "pubsubname": "taskpubsub",
+        "source": "Dapr",
+        "specversion": "1.0",
+        "topic": "task-updates",
+        "type": "com.dapr.event.sent",
+    })
+
+
+def kafka_metadata(offset: int, key: str = "t-1", partition: int = 0) -> dict[str, str]:
+    return {"__key": key, "__offset": str(offset), "__partition": str(partition),
+            "__timestamp": "1795766400000", "__topic": "task-updates"}
+
+
+def bulk_entry(entry_id: str, event: object, metadata: dict[str, str] | None,
+               content_type: str = "application/cloudevents+json") -> dict[str, Any]:
+    return {"entryId": entry_id, "event": event, "metadata": metadata,
+            "contentType": content_type}
+
+
+def bulk_body(entries: list[dict[str, Any]]) -> bytes:
+    """daprd's bulk envelope: top-level keys sorted, entries as daprd orders them."""
+    return json.dumps({
+        "entries": entries,
+        "id": new_id(),
+        "metadata": {"pubsubName": "taskpubsub"},
+        "pubsubname": "taskpubsub",
+        "topic": "task-updates",
+        "type": "com.dapr.event.sent.bulk",
+    }, separators=(",", ":")).encode()
+
+
+def post_bulk(service: Service, entries: list[dict[str, Any]]) -> httpx.Response:
+    return service.deliver(bulk_body(entries), BULK_HEADERS)
+
+
+def log_line(service: Service, *parts: str, timeout: float = 10) -> str:
+    """Wait for one log line containing every part; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in service.logs().splitlines():
+            if all(part in line for part in parts):
+                return line
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no log line with {parts!r}:\n{service.logs()[-4000:]}")
+        time.sleep(0.02)
+
+
+async def assert_next_task(stream, task_id: int, timeout: float = 5) -> None:
+    event = await stream.next(timeout)
+    assert json.loads(event.data)["task"]["id"] == task_id, event
+
+
+# -- GET /dapr/subscribe ----------------------------------------------------------
+
+SUBSCRIBE_HEADERS = {"content-type": "application/json", "dapr-app-id": "sse-gateway"}
+
+
+def check_daprd_types(entry: dict[str, Any]) -> None:
+    """The field types daprd's strict decoder needs (a wrong type fails the whole
+    decode, and no subscription starts)."""
+    for name in ("pubsubname", "topic", "route", "deadLetterTopic"):
+        if name in entry:
+            assert isinstance(entry[name], str), name
+    metadata = entry.get("metadata")
+    assert metadata is None or (
+        isinstance(metadata, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ), metadata
+    if "routes" in entry:
+        routes = entry["routes"]
+        assert isinstance(routes, dict)
+        assert isinstance(routes.get("default", ""), str)
+        for rule in routes.get("rules") or []:
+            assert isinstance(rule["match"], str) and isinstance(rule["path"], str)
+    if "bulkSubscribe" in entry:
+        bulk = entry["bulkSubscribe"]
+        assert isinstance(bulk, dict)
+        assert isinstance(bulk.get("enabled", False), bool)
+        for name in ("maxMessagesCount", "maxAwaitDurationMs"):
+            value = bulk.get(name, 0)
+            assert type(value) is int and -(2**31) <= value < 2**31, (name, value)
+    route = entry.get("route") or (entry.get("routes") or {}).get("default")
+    assert route, "daprd drops an entry without a route"
+
+
+def test_subscribe_lists_one_subscription_daprd_can_decode(service):
+    response = httpx.get(f"{service.url}/dapr/subscribe", headers=SUBSCRIBE_HEADERS, timeout=5)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    document = response.json()
+    assert isinstance(document, list) and len(document) == 1
+    check_daprd_types(document[0])
+    assert document == [{
+        "pubsubname": "taskpubsub",
+        "topic": "task-updates",
+        "route": "/task-updates",
+        "metadata": {},
+        "bulkSubscribe": {"enabled": True, "maxMessagesCount": 100, "maxAwaitDurationMs": 40},
+    }]
+
+
+def test_subscribe_follows_pubsub_topic_and_dead_letter_settings(start_service):
+    svc = start_service(pubsub_name="orders-bus", topic="task-events",
+                        dead_letter_topic="task-events-dlq")
+    response = httpx.get(f"{svc.url}/dapr/subscribe", headers=SUBSCRIBE_HEADERS, timeout=5)
+    assert response.status_code == 200
+    (entry,) = response.json()
+    check_daprd_types(entry)
+    assert entry["pubsubname"] == "orders-bus"
+    assert entry["topic"] == "task-events"
+    assert entry["deadLetterTopic"] == "task-events-dlq"
+    assert entry["route"] == "/task-updates"
+
+
+def test_subscribe_announces_nothing_when_a_declarative_subscription_is_used(start_service):
+    svc = start_service(dapr_subscribe=False)
+    response = httpx.get(f"{svc.url}/dapr/subscribe", headers=SUBSCRIBE_HEADERS, timeout=5)
+    assert response.status_code == 200
+    assert response.json() == []
+    # The route still takes deliveries from the declarative subscription.
+    assert daprd_outcome(svc.deliver(cloudevent(task_event(user(), 1)))) == ACK
+
+
+def test_subscribe_has_no_dead_letter_topic_unless_configured(service):
+    (entry,) = httpx.get(f"{service.url}/dapr/subscribe", timeout=5).json()
+    assert "deadLetterTopic" not in entry
+
+
+def test_the_subscribed_route_accepts_deliveries(service):
+    (entry,) = httpx.get(f"{service.url}/dapr/subscribe", timeout=5).json()
+    response = httpx.post(f"{service.url}{entry['route']}", headers=DAPR_HEADERS, timeout=5,
+                          content=cloudevent(task_event(user(), 1)))
+    assert daprd_outcome(response) == ACK
+
+
+# -- single deliveries: every envelope variant ---------------------------------------
+
+
+def variant_object(payload: dict[str, Any], event_id: str) -> bytes:
+    return cloudevent(payload, event_id)
+
+
+def variant_json_string(payload: dict[str, Any], event_id: str) -> bytes:
+    # A publisher that left the default content type: ``data`` is a JSON string.
+    return cloudevent(json.dumps(payload), event_id, datacontenttype="text/plain")
+
+
+def variant_raw_payload(payload: dict[str, Any], event_id: str) -> bytes:
+    # rawPayload subscription: the base64 bytes are the publisher's whole CloudEvent.
+    return raw_payload_wrapper(cloudevent(payload, event_id))
+
+
+def variant_raw_publish(payload: dict[str, Any], event_id: str) -> bytes:
+    # rawPayload subscription over a raw publish: the bytes are the bare JSON.
+    return raw_payload_wrapper(json.dumps(payload).encode(), outer_id=event_id)
+
+
+def variant_octet_stream(payload: dict[str, Any], event_id: str) -> bytes:
+    # A publisher sending application/octet-stream: Dapr base64-encodes ``data``.
+    return compact({
+        "data_base64": base64.b64encode(json.dumps(payload).encode()).decode(),
+        "datacontenttype": "application/octet-stream", "id": event_id,
+        "pubsubname": "taskpubsub", "source": "task-api", "specversion": "1.0",
+        "time": "2026-11-27T08:00:00Z", "topic": "task-updates", "traceid": NO_TRACE,
+        "traceparent": NO_TRACE, "tracestate": "", "type": "com.dapr.event.sent",
+    })
+
+
+def variant_bare_json(payload: dict[str, Any], event_id: str) -> bytes:
+    # A non-Dapr producer wrote plain JSON to the topic.
+    return json.dumps(payload).encode()
+
+
+VARIANTS = {
+    "data-object": variant_object,
+    "data-json-string": variant_json_string,
+    "raw-payload-cloudevent": variant_raw_payload,
+    "raw-payload-bare": variant_raw_publish,
+    "data-base64": variant_octet_stream,
+    "bare-json": variant_bare_json,
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+async def test_every_envelope_variant_reaches_the_stream(service, open_stream, variant):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    payload = {"event_type": "task.updated", "user_id": uid,
+               "task": {"id": 7, "title": "caf\u00e9 \u2603", "tags": ["a", "b"], "done": False}}
+    response = service.deliver(VARIANTS[variant](payload, new_id()))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"status": "SUCCESS"}
+    assert daprd_outcome(response) == ACK
+    event = await stream.next()
+    assert json.loads(event.data) == expected_data(payload)
+    assert event.event == "message"
+
+
+async def test_numeric_user_id_reaches_the_users_stream(service, open_stream):
+    uid = str(uuid.uuid4().int % 10**12 + 10**12)
+    stream = await open_stream(service, token=service.token(uid))
+    payload = {"event_type": "task.deleted", "user_id": int(uid), "task": {"id": 3}}
+    assert daprd_outcome(service.deliver(cloudevent(payload))) == ACK
+    assert json.loads((await stream.next()).data) == expected_data(payload)
+
+
+async def test_events_reach_only_their_users_stream(service, open_stream):
+    alice, bob = user(), user()
+    a = await open_stream(service, token=service.token(alice))
+    b = await open_stream(service, token=service.token(bob))
+    service.publish(bob, 1)
+    service.publish(alice, 2)
+    await assert_next_task(a, 2)
+    await assert_next_task(b, 1)
+
+
+async def test_kafka_headers_and_tracing_headers_are_accepted(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    headers = {**DAPR_HEADERS, **kafka_metadata(11), "partitionKey": "t-1",
+               "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+               "tracestate": "congo=t61rcWkgMzE"}
+    body = cloudevent(task_event(uid, 5), traceparent=headers["traceparent"],
+                      traceid=headers["traceparent"])
+    assert daprd_outcome(service.deliver(body, headers)) == ACK
+    await assert_next_task(stream, 5)
+
+
+# -- redelivery and dedupe ---------------------------------------------------------
+
+
+async def test_redelivery_is_acknowledged_but_streamed_once(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    event_id = new_id()
+    body = cloudevent(task_event(uid, 1), event_id)
+    assert service.deliver(body).json() == {"status": "SUCCESS"}
+    await assert_next_task(stream, 1)
+    for _ in range(2):
+        again = service.deliver(body)
+        assert again.json() == {"status": "SUCCESS"} and daprd_outcome(again) == ACK
+    service.publish(uid, 2)
+    await assert_next_task(stream, 2)
+
+
+async def test_raw_payload_redelivery_is_deduplicated_by_the_inner_id(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    inner = cloudevent(task_event(uid, 1), new_id())
+    first, second = raw_payload_wrapper(inner), raw_payload_wrapper(inner)
+    assert json.loads(first)["id"] != json.loads(second)["id"]
+    assert daprd_outcome(service.deliver(first)) == ACK
+    await assert_next_task(stream, 1)
+    assert daprd_outcome(service.deliver(second)) == ACK
+    service.publish(uid, 2)
+    await assert_next_task(stream, 2)
+
+
+async def test_same_cloudevent_id_for_two_users_is_two_events(service, open_stream):
+    alice, bob = user(), user()
+    a = await open_stream(service, token=service.token(alice))
+    b = await open_stream(service, token=service.token(bob))
+    shared = new_id()
+    assert daprd_outcome(service.deliver(cloudevent(task_event(alice, 1), shared))) == ACK
+    assert daprd_outcome(service.deliver(cloudevent(task_event(bob, 2), shared))) == ACK
+    await assert_next_task(a, 1)
+    await assert_next_task(b, 2)
+
+
+async def test_bare_json_is_deduplicated_by_kafka_offset(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    body = json.dumps(task_event(uid, 1, "task.updated")).encode()
+    at_offset_7 = {**DAPR_HEADERS, **kafka_metadata(7)}
+    assert daprd_outcome(service.deliver(body, at_offset_7)) == ACK
+    await assert_next_task(stream, 1)
+    assert daprd_outcome(service.deliver(body, at_offset_7)) == ACK  # redelivery
+    # The same bytes at another offset are a new event (a repeated update).
+    assert daprd_outcome(service.deliver(body, {**DAPR_HEADERS, **kafka_metadata(8)})) == ACK
+    await assert_next_task(stream, 1)
+    service.publish(uid, 2)
+    await assert_next_task(stream, 2)
+
+
+# -- DROP: events no retry can fix ---------------------------------------------------
+
+
+def with_payload(payload_for: Any) -> Any:
+    return lambda uid, eid: cloudevent(payload_for(uid), eid)
+
+
+def big_task(uid: str) -> dict[str, Any]:
+    return {"event_type": "task.created", "user_id": uid,
+            "task": {"id": 1, "title": "x" * MAX_EVENT_BYTES}}
+
+
+DROPS = {
+    "data-not-json": (lambda uid, eid: cloudevent("{not json", eid, datacontenttype="text/plain"),
+                      "string data is not valid JSON"),
+    "bad-base64": (lambda uid, eid: compact({
+        "data_base64": "***not base64***", "datacontenttype": "application/octet-stream",
+        "id": eid, "pubsubname": "taskpubsub", "source": "Dapr", "specversion": "1.0",
+        "topic": "task-updates", "type": "com.dapr.event.sent"}), "not valid base64"),
+    "base64-not-json": (lambda uid, eid: raw_payload_wrapper(b"\x00\xffbinary", eid),
+                        "data_base64 payload is not valid JSON"),
+    "no-user-id": (with_payload(lambda uid: {"event_type": "task.created", "task": {"id": 1}}),
+                   "missing user_id"),
+    "empty-user-id": (with_payload(lambda uid: {"event_type": "task.created", "user_id": "",
+                                                "task": {"id": 1}}), "missing user_id"),
+    "unknown-event-type": (with_payload(lambda uid: task_event(uid, 1, "task.exploded")),
+                           "unknown event_type 'task.exploded'"),
+    "no-event-type": (with_payload(lambda uid: {"user_id": uid, "task": {"id": 1}}),
+                      "unknown event_type None"),
+    "task-not-object": (with_payload(lambda uid: {"event_type": "task.created", "user_id": uid,
+                                                  "task": [1, 2]}),
+                        "task must be a JSON object"),
+    "task-missing": (with_payload(lambda uid: {"event_type": "task.created", "user_id": uid}),
+                     "task must be a JSON object"),
+    "payload-not-object": (with_payload(lambda uid: [uid]), "not an object"),
+    "too-large": (with_payload(big_task), f"exceeds SSE_MAX_EVENT_BYTES={MAX_EVENT_BYTES}"),
+}
+
+
+@pytest.mark.parametrize("case", DROPS)
+def test_unfixable_event_is_dropped_with_a_warning_naming_id_and_reason(service, case):
+    build, reason = DROPS[case]
+    event_id = new_id()
+    response = service.deliver(build(user(), event_id))
+    assert response.status_code == 200
+    assert response.json() == {"status": "DROP"}
+    assert daprd_outcome(response) == DROP
+    line = log_line(service, event_id)
+    assert " WARNING " in line and reason in line, line
+
+
+def test_malformed_json_body_is_dropped_with_a_warning(service):
+    # Nothing in a body that is not JSON can be read, the CloudEvent id included.
+    response = service.deliver(b'{"data":{"event_type":"task.created"},"id":"trunc')
+    assert response.status_code == 200
+    assert response.json() == {"status": "DROP"}
+    assert daprd_outcome(response) == DROP
+    log_line(service, " WARNING ", "delivery", "body is not valid JSON")
+
+
+def test_non_utf8_body_is_dropped(service):
+    response = service.deliver(b"\xff\xfe{}")
+    assert response.status_code == 200 and daprd_outcome(response) == DROP
+
+
+async def test_dropped_events_never_reach_the_stream(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    for case, (build, _) in DROPS.items():
+        assert daprd_outcome(service.deliver(build(uid, new_id()))) == DROP, case
+    service.publish(uid, 99)
+    await assert_next_task(stream, 99)
+
+
+async def test_event_of_exactly_max_bytes_is_accepted(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    payload = {"event_type": "task.created", "user_id": uid, "task": {"id": 1, "title": ""}}
+    size = len(json.dumps(expected_data(payload), separators=(",", ":")).encode())
+    payload["task"]["title"] = "x" * (MAX_EVENT_BYTES - size)
+    assert daprd_outcome(service.deliver(cloudevent(payload))) == ACK
+    event = await stream.next()
+    assert len(event.data.encode()) == MAX_EVENT_BYTES
+    payload["task"]["title"] += "x"
+    assert daprd_outcome(service.deliver(cloudevent(payload))) == DROP
+
+
+# -- bulk deliveries ------------------------------------------------------------------
+
+
+async def test_bulk_delivery_answers_one_status_per_entry_in_order(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    entries = [bulk_entry(str(i), json.loads(cloudevent(task_event(uid, i + 1))),
+                          kafka_metadata(100 + i)) for i in range(3)]
+    response = post_bulk(service, entries)
+    assert response.status_code == 200
+    assert response.json() == {"statuses": [
+        {"entryId": "0", "status": "SUCCESS"},
+        {"entryId": "1", "status": "SUCCESS"},
+        {"entryId": "2", "status": "SUCCESS"},
+    ]}
+    assert daprd_bulk_outcomes(response, ["0", "1", "2"]) == {"0": ACK, "1": ACK, "2": ACK}
+    assert await stream.tasks(3) == [1, 2, 3]
+
+
+async def test_bulk_mixed_batch_gets_success_and_drop_per_entry(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    bad_json_id, unknown_id = new_id(), new_id()
+    entries = [
+        bulk_entry("0", json.loads(cloudevent(task_event(uid, 1))), kafka_metadata(200)),
+        bulk_entry("1", json.loads(cloudevent("{oops", bad_json_id,
+                                              datacontenttype="text/plain")),
+                   kafka_metadata(201)),
+        bulk_entry("2", json.loads(cloudevent(task_event(uid, 2, "task.renamed"), unknown_id)),
+                   kafka_metadata(202)),
+        bulk_entry("3", json.loads(cloudevent(task_event(uid, 4))), kafka_metadata(203)),
+    ]
+    response = post_bulk(service, entries)
+    assert response.status_code == 200
+    assert response.json() == {"statuses": [
+        {"entryId": "0", "status": "SUCCESS"},
+        {"entryId": "1", "status": "DROP"},
+        {"entryId": "2", "status": "DROP"},
+        {"entryId": "3", "status": "SUCCESS"},
+    ]}
+    assert daprd_bulk_outcomes(response, ["0", "1", "2", "3"]) == {
+        "0": ACK, "1": DROP, "2": DROP, "3": ACK}
+    assert await stream.tasks(2) == [1, 4]
+    assert "string data is not valid JSON" in log_line(service, "WARNING", bad_json_id)
+    assert "task.renamed" in log_line(service, "WARNING", unknown_id)
+
+
+async def test_bulk_raw_payload_entries_and_whole_batch_redelivery(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    entries = [
+        # rawPayload subscription: the event is the base64 of the broker bytes.
+        bulk_entry("e-1", base64.b64encode(cloudevent(task_event(uid, 1))).decode(),
+                   kafka_metadata(300), "application/octet-stream"),
+        bulk_entry("e-2", base64.b64encode(json.dumps(task_event(uid, 2)).encode()).decode(),
+                   kafka_metadata(301), "application/octet-stream"),
+        bulk_entry("e-3", json.loads(cloudevent(task_event(uid, 3))), None),
+    ]
+    ids = ["e-1", "e-2", "e-3"]
+    first = post_bulk(service, entries)
+    assert daprd_bulk_outcomes(first, ids) == dict.fromkeys(ids, ACK)
+    assert await stream.tasks(3) == [1, 2, 3]
+    # Kafka re-sends the whole batch when a later entry failed: all acked, none repeated.
+    again = post_bulk(service, entries)
+    assert daprd_bulk_outcomes(again, ids) == dict.fromkeys(ids, ACK)
+    service.publish(uid, 4)
+    assert await stream.tasks(1) == [4]
+
+
+async def test_bulk_with_uuid_entry_ids_and_null_metadata(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    ids = [new_id(), new_id()]
+    entries = [bulk_entry(ids[0], json.loads(cloudevent(task_event(uid, 1))), None),
+               bulk_entry(ids[1], json.loads(cloudevent(task_event(uid, 2))), None)]
+    response = post_bulk(service, entries)
+    assert [s["entryId"] for s in response.json()["statuses"]] == ids
+    assert daprd_bulk_outcomes(response, ids) == dict.fromkeys(ids, ACK)
+    assert await stream.tasks(2) == [1, 2]
+
+
+def test_bulk_with_malformed_entry_events_drops_those_entries(service):
+    entries = [bulk_entry("0", "***", kafka_metadata(400), "application/octet-stream"),
+               bulk_entry("1", 42, kafka_metadata(401)),
+               bulk_entry("2", {"specversion": "1.0", "id": new_id(), "data": None}, None)]
+    response = post_bulk(service, entries)
+    assert daprd_bulk_outcomes(response, ["0", "1", "2"]) == {"0": DROP, "1": DROP, "2": DROP}
+
+
+# -- the app API token ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", APP_TOKEN.upper(), APP_TOKEN + "x"])
+def test_subscribe_needs_the_app_api_token(guarded, token):
+    headers = dict(SUBSCRIBE_HEADERS)
+    if token is not None:
+        headers["dapr-api-token"] = token
+    response = httpx.get(f"{guarded.url}/dapr/subscribe", headers=headers, timeout=5)
+    assert response.status_code == 401  # daprd logs an error and subscribes to nothing
+    assert "dapr-api-token" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", ""])
+def test_delivery_without_the_right_app_api_token_is_retried(guarded, token):
+    headers = dict(DAPR_HEADERS)
+    if token is not None:
+        headers["dapr-api-token"] = token
+    response = guarded.deliver(cloudevent(task_event(user(), 1)), headers)
+    assert response.status_code == 401
+    assert daprd_outcome(response) == RETRY
+    bulk = guarded.deliver(bulk_body([bulk_entry("0", json.loads(cloudevent(
+        task_event(user(), 1))), None)]), {**BULK_HEADERS, **({"dapr-api-token": token}
+                                                             if token is not None else {})})
+    assert bulk.status_code == 401
+    assert daprd_bulk_outcomes(bulk, ["0"]) == {"0": RETRY}
+
+
+async def test_right_app_api_token_subscribes_and_delivers(guarded, open_stream):
+    response = httpx.get(f"{guarded.url}/dapr/subscribe", timeout=5,
+                         headers={**SUBSCRIBE_HEADERS, "dapr-api-token": APP_TOKEN})
+    assert response.status_code == 200
+    assert response.json()[0]["route"] == "/task-updates"
+    uid = user()
+    stream = await open_stream(guarded, token=guarded.token(uid))
+    delivered = guarded.deliver(cloudevent(task_event(uid, 1)),
+                                {**DAPR_HEADERS, "dapr-api-token": APP_TOKEN})
+    assert delivered.json() == {"status": "SUCCESS"}
+    await assert_next_task(stream, 1)
+
+
+def test_health_probes_need_no_app_api_token(guarded):
+    # daprd's app health probe is a bare GET without dapr-api-token.
+    health = httpx.get(f"{guarded.url}/healthz", timeout=5)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    ready = httpx.get(f"{guarded.url}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+async def test_readiness_reports_ready_and_counts_streams(start_service, open_stream):
+    svc = start_service()
+
+    def readiness() -> dict[str, Any]:
+        response = httpx.get(f"{svc.url}/readyz", timeout=5)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/json")
+        return response.json()
+
+    assert readiness() == {"status": "ready", "streams": 0}
+    stream = await open_stream(svc, token=svc.token(user()))
+    assert readiness() == {"status": "ready", "streams": 1}
+    await stream.close()
+    deadline = time.monotonic() + 10
+    while readiness()["streams"] != 0:
+        assert time.monotonic() < deadline, "the closed stream is still counted"
+        await asyncio.sleep(0.02)
+
+
+class _FlakyBroker(MemoryBroker):
+    """The memory backend, unavailable for the first append of one key."""
+
+    def __init__(self, failing_key_part: str) -> None:
+        super().__init__(history_size=100, history_ttl_seconds=3600)
+        self.failing = failing_key_part
+
+    async def append(self, user_id: str, key: str, data: bytes) -> Appended:
+        if self.failing and self.failing in key:
+            self.failing = ""
+            raise BackendUnavailable("redis is restarting")
+        return await super().append(user_id, key, data)
+
+
+async def test_bulk_entries_after_a_retry_are_retried_to_keep_order() -> None:
+    broker = _FlakyBroker("ce-2")
+    ingest = Ingest(broker, Settings(jwt_secret="s"))
+    entries = [
+        {"entryId": str(n), "contentType": "application/cloudevents+json", "metadata": {},
+         "event": json.loads(cloudevent(task_event("order", n), f"ce-{n}"))}
+        for n in (1, 2, 3)
+    ]
+    body = json.dumps({"entries": entries, "id": "b", "pubsubname": "taskpubsub",
+                       "topic": "task-updates", "type": "com.dapr.event.sent.bulk"}).encode()
+    first = await ingest.handle(body, {})
+    assert [s["status"] for s in first["statuses"]] == ["SUCCESS", "RETRY", "RETRY"]
+    # daprd sends the whole batch again: entry 1 is a duplicate, 2 and 3 go in, in order.
+    second = await ingest.handle(body, {})
+    assert [s["status"] for s in second["statuses"]] == ["SUCCESS"] * 3
+    replay = await broker.replay("order", Position(broker.epoch, 0))
+    assert [json.loads(r.data)["task"]["id"] for r in replay.records] == [1, 2, 3]
+
+
+async def test_dedupe_is_per_source_and_id() -> None:
+    broker = MemoryBroker(history_size=100, history_ttl_seconds=3600)
+    ingest = Ingest(broker, Settings(jwt_secret="s"))
+    for source in ("billing", "planner", "planner"):
+        body = cloudevent(task_event("src", 1), "seq-1", source=source)
+        assert (await ingest.handle(body, {}))["status"] == "SUCCESS"
+    assert (await broker.replay("src", Position(broker.epoch, 0))).head.offset == 2

@@ -25,6 +25,7 @@ from .auth import Authenticator
 from .broker import Broker
 from .broker_memory import MemoryBroker
 from .config import Settings
+from .demo import demo_router
 from .errors import BackendUnavailable
 from .hub import Hub
 from .ingest import Ingest, dapr_router
@@ -111,6 +112,8 @@ class Application:
                 return JSONResponse({"status": "unavailable", "reason": reason}, 503)
             return JSONResponse({"status": "ready", "streams": self.hub.count})
 
+        if self.settings.demo_page:
+            api.include_router(demo_router(self.settings))
         if STATIC_DIR.is_dir():
             api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         return api

@@ -23,7 +23,9 @@ Atomicity
     ``append`` stores the event, records its dedupe key and publishes it to
     every replica as one step: any record a sink receives is already readable
     through ``replay``, and a record in ``replay`` was (or is being) published.
-    When ``append`` raises, nothing was stored.
+    When ``append`` raises, the event may or may not have been stored (a
+    request can time out after the server ran it); the caller retries with the
+    same key, and a stored event is then answered from the dedupe record.
 
 After a position
     ``replay(user, after)`` returns every retained record with
@@ -37,7 +39,9 @@ After a position
 Subscriptions
     ``subscribe(user)`` returns once records appended afterwards will reach
     the sink; so a reader subscribes first, replays second and drops live
-    records whose offset it already has: no gap, no duplicate.
+    records whose offset it already has: no gap, no duplicate.  After
+    ``unsubscribe(user)`` the user's records stop reaching the sink.  Calls
+    for one user may interleave; the last one wins.
 
 Failures
     Backend outages raise :class:`~sse_service.errors.BackendUnavailable`.

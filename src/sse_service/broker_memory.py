@@ -33,6 +33,7 @@ class MemoryBroker:
         self._size = history_size
         self._ttl = history_ttl_seconds
         self._users: dict[str, _History] = {}
+        self._subscribed: set[str] = set()
         self._sink: Sink | None = None
 
     async def start(self, sink: Sink) -> None:
@@ -56,7 +57,7 @@ class MemoryBroker:
         if len(history.records) > self._size:
             _, _, old_key = history.records.popleft()
             history.keys.pop(old_key, None)
-        if self._sink is not None:
+        if self._sink is not None and user_id in self._subscribed:
             self._sink.deliver(record)
         return Appended(record)
 
@@ -80,10 +81,11 @@ class MemoryBroker:
         return Replay(head, [entry[0] for entry in list(records)[skip:]])
 
     async def subscribe(self, user_id: str) -> None:
-        """Every append reaches the sink directly; nothing to register."""
+        """Appends reach the sink directly, from now on."""
+        self._subscribed.add(user_id)
 
     async def unsubscribe(self, user_id: str) -> None:
-        """See :meth:`subscribe`."""
+        self._subscribed.discard(user_id)
 
     async def ping(self) -> None:
         """Always available."""

@@ -151,24 +151,34 @@ class Hub:
 
     async def _catch_up(self, user_id: str) -> None:
         """Read history after each stream's position: fills gaps left by a lost
-        pub/sub message or a broker outage."""
+        pub/sub message or a broker outage.  Retries with backoff while the
+        backend is unavailable and the user still has streams here."""
+        delay = 0.2
         try:
-            while True:
+            while user_id in self._users:
                 self._catching_up[user_id] = False
-                groups: dict[Position | None, list[Connection]] = defaultdict(list)
-                for conn in self._users.get(user_id, ()):
-                    if not conn.opening and not conn.closed:
-                        groups[conn.position].append(conn)
-                for position, group in groups.items():
-                    replay = await self._broker.replay(user_id, position)
-                    for conn in group:
-                        conn.catch_up(replay)
+                try:
+                    await self._replay_into_streams(user_id)
+                except BackendUnavailable as exc:
+                    logger.warning("catch-up for user %s postponed %.1fs: %s",
+                                   user_id, delay, exc.reason)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
                 if not self._catching_up[user_id]:
                     return
-        except BackendUnavailable as exc:
-            logger.warning("catch-up for user %s postponed: %s", user_id, exc.reason)
         finally:
             del self._catching_up[user_id]
+
+    async def _replay_into_streams(self, user_id: str) -> None:
+        groups: dict[Position | None, list[Connection]] = defaultdict(list)
+        for conn in self._users.get(user_id, ()):
+            if not conn.opening and not conn.closed:
+                groups[conn.position].append(conn)
+        for position, group in groups.items():
+            replay = await self._broker.replay(user_id, position)
+            for conn in group:
+                conn.catch_up(replay)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -43,6 +43,7 @@ def cors_headers(origin: str | None, allowed: Iterable[str]) -> list[tuple[bytes
     return [
         (b"access-control-allow-origin", origin.encode("latin-1")),
         (b"access-control-allow-credentials", b"true"),
+        (b"access-control-expose-headers", b"retry-after"),
         (b"vary", b"origin"),
     ]
 

@@ -1,0 +1,144 @@
+"""Redis broker: history, dedupe and fan-out shared by every replica.
+
+History and dedupe live in per-user keys (:mod:`.redis_keys`) written and
+read only by the Lua scripts in :mod:`.redis_scripts`, so ids mean the same
+on every replica.  Fan-out is Redis pub/sub over the process's single
+subscriber connection (:mod:`.redis_pubsub`).  TLS, username and password
+come from ``SSE_REDIS_URL`` (``rediss://`` for TLS).
+
+Every call is bounded by ``SSE_REDIS_TIMEOUT_SECONDS``: a dead or hung server
+turns into :class:`~sse_service.errors.BackendUnavailable` within about that
+long, so a Dapr delivery is answered RETRY instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, RedisError
+from redis.typing import EncodableT
+
+from .broker import Appended, Position, Record, Replay, Sink
+from .broker_memory import new_epoch
+from .config import Settings
+from .errors import BackendUnavailable
+from .redis_keys import user_keys
+from .redis_pubsub import Subscriber
+from .redis_scripts import APPEND, REPLAY
+
+__all__ = ["RedisBroker"]
+
+#: Key lifetimes beyond the history TTL.  The log outlives its newest entry
+#: by a second so key expiry never beats age trimming; the epoch outlives the
+#: log by a whole TTL so an aged-out reader hears "expired", not a new epoch.
+_LOG_GRACE_MS = 1_000
+_META_GRACE_MS = 60_000
+
+
+class RedisBroker:
+    def __init__(self, settings: Settings) -> None:
+        url = settings.redis_url.get_secret_value()
+        timeout = settings.redis_timeout_seconds
+        self._where = settings.redis_url_for_logs
+        self._size = settings.history_size
+        self._ttl_ms = settings.history_ttl_seconds * 1000
+        self._log_ttl_ms = self._ttl_ms + _LOG_GRACE_MS
+        self._meta_ttl_ms = 2 * self._ttl_ms + _META_GRACE_MS
+        self._timeout = timeout
+        # A script call may take three round trips (EVALSHA, SCRIPT LOAD, EVALSHA).
+        self._deadline = 3 * timeout
+        # RESP2 everywhere: any server version speaks it, and pub/sub pushes
+        # arrive as plain replies the subscriber reads itself.
+        # One immediate retry on a broken connection: pooled connections are
+        # stale after a Redis restart.  Timeouts are not retried, they would
+        # only double the wait.  A retried append is safe: dedupe answers it.
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
+            client_name="sse-service",
+            protocol=2,
+        )
+        self._db = int(self._redis.connection_pool.connection_kwargs.get("db") or 0)
+        self._append = self._redis.register_script(APPEND)
+        self._replay = self._redis.register_script(REPLAY)
+        # The subscriber's reads wait for pushes; its PINGs every `timeout`
+        # keep them coming, so three silent periods mean a dead server.
+        pubsub_pool = ConnectionPool.from_url(
+            url,
+            socket_timeout=3 * timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            client_name="sse-service-pubsub",
+            protocol=2,
+        )
+        self._subscriber = Subscriber(pubsub_pool, self._db, timeout, self._where)
+        self._started = False
+
+    async def start(self, sink: Sink) -> None:
+        self._subscriber.start(sink.deliver, sink.resumed)
+        self._started = True
+
+    async def close(self) -> None:
+        self._started = False
+        await self._subscriber.close()
+        await self._redis.aclose()
+
+    async def append(self, user_id: str, key: str, data: bytes) -> Appended:
+        keys = user_keys(user_id, self._db)
+        args: list[EncodableT] = [
+            new_epoch(), key, data, self._size, self._ttl_ms, self._log_ttl_ms,
+            self._meta_ttl_ms, keys.channel,
+        ]
+        reply = await self._call(self._append(keys=keys.keys, args=args))
+        epoch, offset, duplicate = _text(reply[0]), int(reply[1]), bool(int(reply[2]))
+        stored = bytes(reply[3]) if duplicate else data
+        return Appended(Record(user_id, epoch, offset, stored), duplicate=duplicate)
+
+    async def replay(self, user_id: str, after: Position | None) -> Replay:
+        keys = user_keys(user_id, self._db)
+        args: list[EncodableT] = [
+            new_epoch(), after.epoch if after else "", after.offset if after else 0,
+            self._ttl_ms, self._meta_ttl_ms,
+        ]
+        reply = await self._call(self._replay(keys=keys.keys, args=args))
+        epoch = _text(reply[0])
+        head = Position(epoch, int(reply[1]))
+        resync = _text(reply[2]) or None
+        if resync is not None:
+            return Replay(head, resync=resync)
+        records = [
+            Record(user_id, epoch, int(bytes(reply[i]).partition(b"-")[0]), bytes(reply[i + 1]))
+            for i in range(3, len(reply), 2)
+        ]
+        return Replay(head, records)
+
+    async def subscribe(self, user_id: str) -> None:
+        await self._subscriber.subscribe(user_id)
+
+    async def unsubscribe(self, user_id: str) -> None:
+        await self._subscriber.unsubscribe(user_id)
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping())
+        # Right after start or during a reconnect, give the subscriber a moment.
+        if self._started and not await self._subscriber.wait_connected(self._timeout):
+            raise BackendUnavailable("Redis pub/sub connection is down; reconnecting")
+
+    async def _call(self, call: Awaitable[Any]) -> Any:
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await call
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"Redis unavailable ({type(exc).__name__}: {exc})") from exc
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,131 @@
+"""A real ``redis-server`` per test: start, stop, pause, kill, restart, clean up.
+
+Import the fixture into a test module (``from redis_support import redis_server``).
+Each server listens on its own free port, never on 6379, keeps nothing on
+disk, and comes back on the same port after :meth:`RedisServer.restart`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from conftest import free_port
+
+__all__ = ["RedisServer", "redis_server"]
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisServer:
+    def __init__(self, port: int, workdir: Path, extra_args: tuple[str, ...]) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.paused = False
+        self.log_path = workdir / f"redis-{port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_for(self, user: str, password: str, db: int = 0) -> str:
+        return f"redis://{user}:{password}@127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 10) -> RedisServer:
+        assert REDIS_SERVER is not None
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                "--protected-mode", "no", *self.extra_args]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.paused = False
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited:\n{self.log_path.read_text()}")
+            try:
+                if self.client(timeout=0.5).ping():
+                    return self
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.02)
+
+    def client(self, timeout: float = 5) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
+                           socket_connect_timeout=timeout, decode_responses=True)
+
+    def command(self, *args: Any) -> Any:
+        with self.client() as client:
+            return client.execute_command(*args)
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers."""
+        self._signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+        self.paused = False
+
+    def kill(self) -> None:
+        """SIGKILL: connections reset, the port refuses; the data is gone."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.kill()
+        process.wait(10)
+        self.paused = False
+
+    def stop(self) -> None:
+        if self.paused:
+            self.resume()
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def restart(self) -> RedisServer:
+        """Kill and start again, empty, on the same port."""
+        self.kill()
+        return self.start()
+
+    def _signal(self, sig: int) -> None:
+        assert self.process is not None and self.process.poll() is None
+        os.kill(self.process.pid, sig)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Callable[..., RedisServer]]:
+    """``redis_server(*extra_args)`` starts one ``redis-server``; all stop afterwards."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not on PATH (apt install redis-server)")
+    workdir = Path(tempfile.mkdtemp(prefix="sse-redis-"))
+    servers: list[RedisServer] = []
+
+    def start(*extra_args: str) -> RedisServer:
+        server = RedisServer(free_port(), workdir, extra_args)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,387 @@
+"""End to end in real headless Chromium: the demo page and sse-client.js against the service.
+
+Every test reads what the page shows.  Waits are Playwright waits or polls
+with a deadline; the publish that comes last in a test doubles as a barrier
+(one stream is ordered, so a duplicate would have arrived before it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import jwt
+import pytest
+from playwright.async_api import Browser, Page, Request, Route, async_playwright, expect
+
+from browser_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    CuttableProxy,
+    Frontend,
+    count_requests,
+    ensure_chromium,
+    holds,
+    open_streams,
+    poll,
+    publish,
+)
+from conftest import SECRET, Service, make_token
+from redis_support import RedisServer, redis_server  # noqa: F401
+
+_unusable = ensure_chromium()
+if _unusable is not None:
+    pytest.skip(f"no Chromium for browser tests: {_unusable}", allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(90)
+
+WAIT_MS = 15_000
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as driver:
+        chromium = await driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+def service(start_service: Callable[..., Service]) -> Service:
+    # A short retry keeps the browser's own reconnects quick.
+    return start_service(retry_ms=400)
+
+
+async def open_demo(browser: Browser, base: str, query: str) -> Page:
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(f"{base}/?{query}")
+    return page
+
+
+async def expect_status(page: Page, status: str) -> None:
+    await expect(page.get_by_test_id("status")).to_have_attribute(
+        "data-status", status, timeout=WAIT_MS)
+
+
+async def shown_tasks(page: Page) -> list[int]:
+    ids: list[str] = await page.eval_on_selector_all(
+        "#events li", "rows => rows.map(row => row.dataset.taskId)")
+    return [int(i) for i in ids]
+
+
+async def wait_tasks(page: Page, expected: list[int]) -> None:
+    """Wait until the page lists ``len(expected)`` events, then compare exactly."""
+    await expect(page.locator("#events li")).to_have_count(len(expected), timeout=WAIT_MS)
+    assert await shown_tasks(page) == expected
+
+
+async def test_page_shows_published_events_in_order(browser: Browser, service: Service) -> None:
+    page = await open_demo(browser, service.url, "user=42")
+    await expect_status(page, "open")
+    kinds = ["task.created", "task.updated", "task.completed", "task.deleted"]
+    for task_id, kind in enumerate(kinds, start=1):
+        await publish(service.url, "42", task_id, kind)
+    await wait_tasks(page, [1, 2, 3, 4])
+    rows = page.locator("#events li")
+    assert [await rows.nth(i).get_attribute("data-event") for i in range(4)] == kinds
+    last_id = await rows.nth(3).get_attribute("data-id")
+    await expect(page.locator("#last-id")).to_have_text(last_id or "?")
+    await expect(page.locator("#who")).to_have_text("42")
+    await expect(page.locator("#resync")).to_be_hidden()
+    await expect_status(page, "open")
+
+
+async def test_each_tab_gets_exactly_its_users_events(browser: Browser, service: Service) -> None:
+    tabs: dict[str, list[Page]] = {}
+    for user in ("alice", "bob"):
+        context = await browser.new_context()
+        tabs[user] = [await context.new_page() for _ in range(2)]
+        for page in tabs[user]:
+            await page.goto(f"{service.url}/?user={user}")
+    for page in tabs["alice"] + tabs["bob"]:
+        await expect_status(page, "open")
+    assert await open_streams(service.url) == 4
+    plan = [("alice", 1), ("bob", 101), ("alice", 2), ("bob", 102), ("alice", 3), ("bob", 103)]
+    for user, task_id in plan:
+        await publish(service.url, user, task_id)
+    for page in tabs["alice"]:
+        await wait_tasks(page, [1, 2, 3])
+        await expect(page.locator("#who")).to_have_text("alice")
+    for page in tabs["bob"]:
+        await wait_tasks(page, [101, 102, 103])
+        await expect(page.locator("#who")).to_have_text("bob")
+
+
+async def test_browser_resumes_with_last_event_id_after_a_cut(
+    browser: Browser, service: Service
+) -> None:
+    proxy = await CuttableProxy(service.port).start()
+    try:
+        page = await open_demo(browser, proxy.url, "user=42")
+        await expect_status(page, "open")
+        for task_id in (1, 2):
+            await publish(service.url, "42", task_id)
+        await wait_tasks(page, [1, 2])
+        last_id = (await page.locator("#last-id").text_content() or "").strip()
+        before = len(proxy.requests)
+        # An ingress timeout: the connection is gone, the browser retries, and
+        # the retry waits at the proxy while events are published.
+        proxy.cut()
+        await expect_status(page, "reconnecting")
+        retry = await proxy.wait_for_request("GET /events", start=before)
+        assert f"last-event-id: {last_id}" in retry.lower(), retry
+        assert "lasteventid=" not in retry.lower(), "the browser's own retry, not a new stream"
+        for task_id in (3, 4):
+            await publish(service.url, "42", task_id)
+        proxy.release()
+        await expect_status(page, "open")
+        await publish(service.url, "42", 5)
+        await wait_tasks(page, [1, 2, 3, 4, 5])
+        await expect(page.locator("#resync")).to_be_hidden()
+    finally:
+        await proxy.close()
+
+
+async def test_restart_of_a_memory_service_shows_resync_then_new_events(
+    browser: Browser, start_service: Callable[..., Service]
+) -> None:
+    service = start_service(retry_ms=400)
+    page = await open_demo(browser, service.url, "user=42")
+    await expect_status(page, "open")
+    await publish(service.url, "42", 1)
+    await wait_tasks(page, [1])
+    service.stop(signal.SIGKILL)
+    await expect_status(page, "reconnecting")
+    restarted = await asyncio.to_thread(start_service, port=service.port, retry_ms=400)
+    await expect(page.locator("#resync")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#resync-reason")).to_have_text("unknown_epoch")
+    await expect_status(page, "open")
+    await publish(restarted.url, "42", 2)
+    await wait_tasks(page, [1, 2])
+
+
+async def test_restart_with_redis_loses_nothing(
+    browser: Browser, start_service: Callable[..., Service],
+    redis_server: Callable[..., RedisServer],  # noqa: F811
+) -> None:
+    redis = redis_server()
+    settings = {"retry_ms": 400, "backend": "redis", "redis_url": redis.url}
+    service = start_service(**settings)
+    proxy = await CuttableProxy(service.port).start()
+    try:
+        page = await open_demo(browser, proxy.url, "user=42")
+        await expect_status(page, "open")
+        await publish(service.url, "42", 1)
+        await wait_tasks(page, [1])
+        # Kill the service and park the browser's retry until the service is
+        # back and has taken more events: they must come from Redis history.
+        proxy.cut()
+        service.stop(signal.SIGKILL)
+        await expect_status(page, "reconnecting")
+        restarted = await asyncio.to_thread(start_service, port=service.port, **settings)
+        for task_id in (2, 3):
+            await publish(restarted.url, "42", task_id)
+        proxy.release()
+        await expect_status(page, "open")
+        await publish(restarted.url, "42", 4)
+        await wait_tasks(page, [1, 2, 3, 4])
+        await expect(page.locator("#resync")).to_be_hidden()
+    finally:
+        await proxy.close()
+
+
+async def test_expired_token_is_replaced_without_losing_events(
+    browser: Browser, start_service: Callable[..., Service]
+) -> None:
+    service = start_service(retry_ms=400, jwt_leeway_seconds=0)
+    page = await (await browser.new_context()).new_page()
+    mints: list[Request] = []
+    refresh = asyncio.Event()
+
+    async def mint(route: Route) -> None:
+        mints.append(route.request)
+        if len(mints) > 1:
+            # Hold the refresh so events pile up while the page has no stream,
+            # then hand out a long-lived token so the test ends in one cycle.
+            await refresh.wait()
+            body = json.loads(route.request.post_data or "{}")
+            await route.continue_(post_data=json.dumps({**body, "ttl": 3600}))
+            return
+        await route.continue_()
+
+    await page.route("**/demo/token", mint)
+    await page.goto(f"{service.url}/?user=42&ttl=4")
+    await expect_status(page, "open")
+    await publish(service.url, "42", 1)
+    await wait_tasks(page, [1])
+    # The token runs out: the server ends the stream, the browser's retry is
+    # refused with 401, and the client asks for a new token.
+    await poll(lambda: len(mints) >= 2, 15, "a token refresh")
+    await expect_status(page, "reconnecting")
+    assert count_requests(service.logs(), "/events", 401) >= 1
+    for task_id in (2, 3):
+        await publish(service.url, "42", task_id)
+    refresh.set()
+    await expect_status(page, "open")
+    await publish(service.url, "42", 4)
+    await wait_tasks(page, [1, 2, 3, 4])
+    await expect(page.locator("#resync")).to_be_hidden()
+    assert len(mints) == 2
+
+
+async def test_reload_resumes_from_the_stored_id(browser: Browser, service: Service) -> None:
+    page = await open_demo(browser, service.url, "user=42")
+    await expect_status(page, "open")
+    for task_id in (1, 2):
+        await publish(service.url, "42", task_id)
+    await wait_tasks(page, [1, 2])
+    last_id = (await page.locator("#last-id").text_content() or "").strip()
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
+    # Hold the reloaded page's script: the old stream is gone and the new one
+    # not yet open while events are published.
+    loaded = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        await loaded.wait()
+        await route.continue_()
+
+    await page.route("**/static/sse-client.js", hold)
+    reloading = asyncio.ensure_future(page.reload())
+    await poll(lambda: _no_streams(service), 10, "the old page's stream to close")
+    for task_id in (3, 4):
+        await publish(service.url, "42", task_id)
+    loaded.set()
+    await reloading
+    await expect_status(page, "open")
+    await publish(service.url, "42", 5)
+    await wait_tasks(page, [3, 4, 5])
+    await expect(page.locator("#resync")).to_be_hidden()
+    assert len(streams) == 1 and f"lastEventId={last_id}" in streams[0], streams
+
+
+async def _no_streams(service: Service) -> bool:
+    return await open_streams(service.url) == 0
+
+
+async def test_bad_token_closes_for_good(browser: Browser, service: Service) -> None:
+    page = await (await browser.new_context()).new_page()
+    await page.goto(service.url)
+    await page.fill("#token", "not-a-jwt")
+    await page.click("#use-token")
+    await expect_status(page, "closed")
+    await expect(page.get_by_test_id("status")).to_have_attribute(
+        "title", "authentication failed (401)")
+
+    def refused() -> int:
+        return count_requests(service.logs(), "/events", 401)
+
+    await poll(lambda: refused() >= 1, 10, "the refused stream in the access log")
+    # The stream and one diagnosing request, and then nothing: no retry loop.
+    await holds(lambda: refused() <= 2, 3, "at most two refused requests")
+    await expect_status(page, "closed")
+    await expect(page.locator("#events li")).to_have_count(0)
+
+
+@pytest.mark.parametrize("allowed", [True, False], ids=["origin-allowed", "origin-not-allowed"])
+async def test_cross_origin_stream_with_cookie(
+    browser: Browser, start_service: Callable[..., Service], allowed: bool
+) -> None:
+    # The frontend and the service share the host "localhost" on different
+    # ports: cross-origin (CORS applies) but same-site, so a SameSite=Lax
+    # cookie set by the frontend's login travels with the stream request.
+    frontend = await Frontend("localhost", mint=make_token).start()
+    try:
+        origins = frontend.origin if allowed else "http://localhost:1"
+        service = start_service(retry_ms=400, cors_origins=origins)
+        frontend.events_url = f"http://localhost:{service.port}/events"
+        page = await (await browser.new_context()).new_page()
+        await page.goto(f"{frontend.origin}/login?user=carol")
+        await expect(page.locator("#cookie-visible")).to_have_text("no")  # HttpOnly
+        if allowed:
+            await expect_status(page, "open")
+            for task_id in (1, 2):
+                await publish(service.url, "carol", task_id)
+            await wait_tasks(page, [1, 2])
+            # No token in the URL: the cookie authenticated the stream.
+            assert count_requests(service.logs(), "/events", 200, query=False) >= 1
+            assert count_requests(service.logs(), "/events", query=True) == 0
+        else:
+            await poll(lambda: count_requests(service.logs(), "/events", 200) >= 1, 10,
+                       "the stream request")
+            await publish(service.url, "carol", 1)
+            attempts = count_requests(service.logs(), "/events")
+            await poll(lambda: count_requests(service.logs(), "/events") > attempts, 15,
+                       "another attempt")
+            await expect_status(page, "connecting")
+            await expect(page.locator("#events li")).to_have_count(0)
+    finally:
+        await frontend.close()
+
+
+async def test_demo_cookie_login_streams_without_a_token_in_the_url(
+    browser: Browser, service: Service
+) -> None:
+    page = await open_demo(browser, service.url, "user=erin&mode=cookie")
+    await expect_status(page, "open")
+    cookies = await page.context.cookies(service.url)
+    assert [(c["name"], c["httpOnly"], c["secure"], c["sameSite"]) for c in cookies] == [
+        ("sse_token", True, True, "Lax")]
+    await publish(service.url, "erin", 7, "task.completed")
+    await wait_tasks(page, [7])
+    assert count_requests(service.logs(), "/events", 200, query=False) == 1
+
+
+async def test_demo_routes_follow_the_settings(start_service: Callable[..., Service]) -> None:
+    on = start_service()
+    off = start_service(demo_page=False)
+    # No HS256 secret (keys from a JWKS URL only): the page, but nothing that mints.
+    no_secret = start_service(jwt_secret="", jwks_url="http://127.0.0.1:9/jwks.json")
+    async with httpx.AsyncClient(timeout=10) as http:
+        page = await http.get(f"{on.url}/")
+        assert page.status_code == 200 and 'data-mint="true"' in page.text
+        minted = await http.post(f"{on.url}/demo/token", json={"user": "42", "ttl": 60})
+        claims = jwt.decode(minted.json()["token"], SECRET, algorithms=["HS256"])
+        assert claims["sub"] == "42" and claims["exp"] - claims["iat"] == 60
+        too_long = await http.post(f"{on.url}/demo/token", json={"user": "42", "ttl": 10**6})
+        assert too_long.status_code == 422
+        for path in ("/", "/demo/token", "/demo/session"):
+            method = "GET" if path == "/" else "POST"
+            reply = await http.request(method, f"{off.url}{path}", json={"user": "42"})
+            assert reply.status_code == 404, (path, reply.status_code)
+        assert (await http.get(f"{off.url}/static/sse-client.js")).status_code == 200
+        page = await http.get(f"{no_secret.url}/")
+        assert page.status_code == 200 and 'data-mint="false"' in page.text
+        reply = await http.post(f"{no_secret.url}/demo/token", json={"user": "42"})
+        assert reply.status_code == 404
+
+
+async def test_refresh_before_any_event_tells_the_app_to_refetch(
+    browser: Browser, start_service: Callable[..., Service]
+) -> None:
+    # Script never sees the id-only block that marks a new stream's position,
+    # so a new stream opened before any event cannot prove nothing was missed.
+    service = start_service(retry_ms=400, jwt_leeway_seconds=0)
+    page = await (await browser.new_context()).new_page()
+    mints: list[Request] = []
+
+    async def mint(route: Route) -> None:
+        mints.append(route.request)
+        body = json.loads(route.request.post_data or "{}")
+        await route.continue_(post_data=json.dumps({**body, "ttl": 2 if len(mints) == 1 else 3600}))
+
+    await page.route("**/demo/token", mint)
+    await page.goto(f"{service.url}/?user=42")
+    await expect_status(page, "open")
+    await expect(page.locator("#resync")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#resync-reason")).to_have_text("position_unknown")
+    await expect_status(page, "open")
+    assert len(mints) == 2
+    await publish(service.url, "42", 1)
+    await wait_tasks(page, [1])

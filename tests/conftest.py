@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,33 +137,52 @@ def wait_healthy(
     raise RuntimeError(f"service did not start:\n{log.read_text()}")
 
 
-@pytest.fixture
-def start_service() -> Iterator[Callable[..., Service]]:
-    """Start ``sse-service serve`` in a subprocess; settings as keyword arguments.
+def launch(tmp: Path, port: int | None = None, **settings: Any) -> Service:
+    """Start ``sse-service serve`` in a subprocess and wait until it is healthy.
 
-    ``start_service(keepalive_seconds=0.2)`` sets ``SSE_KEEPALIVE_SECONDS``.
+    Settings are keyword arguments: ``keepalive_seconds=0.2`` sets
+    ``SSE_KEEPALIVE_SECONDS``; upper-case names (``APP_API_TOKEN``) pass as they are.
     """
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SSE_") and k not in ("APP_API_TOKEN", "BETTER_AUTH_SECRET")}
+    env.update({"SSE_JWT_SECRET": SECRET, "SSE_LOG_LEVEL": "info",
+                "SSE_DRAIN_SECONDS": "1", "PYTHONUNBUFFERED": "1"})
+    for key, value in settings.items():
+        name = key if key.isupper() else "SSE_" + key.upper()
+        env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    log = Path(tempfile.mkstemp(prefix=f"service-{port}-", suffix=".log", dir=tmp)[1])
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sse_service", "serve", "--host", "127.0.0.1",
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    service = Service(f"http://127.0.0.1:{port}", port, process, log, env)
+    try:
+        wait_healthy(service.url, process, log)
+    except BaseException:
+        service.stop(signal.SIGKILL)
+        raise
+    return service
+
+
+@contextmanager
+def running_service(tmp: Path, **settings: Any) -> Iterator[Service]:
+    """A service for a whole module (``start_service`` is per test)."""
+    service = launch(tmp, **settings)
+    try:
+        yield service
+    finally:
+        service.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Factory: ``start_service(**settings)``, or ``start_service(port=P)`` to restart there."""
     started: list[Service] = []
-    tmp = Path(tempfile.mkdtemp(prefix="sse-test-"))
 
     def start(port: int | None = None, **settings: Any) -> Service:
-        port = port or free_port()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("SSE_") and k not in ("APP_API_TOKEN", "BETTER_AUTH_SECRET")}
-        env.update({"SSE_JWT_SECRET": SECRET, "SSE_LOG_LEVEL": "info",
-                    "SSE_DRAIN_SECONDS": "1", "PYTHONUNBUFFERED": "1"})
-        for key, value in settings.items():
-            name = key if key.isupper() else "SSE_" + key.upper()
-            env[name] = str(value).lower() if isinstance(value, bool) else str(value)
-        log = tmp / f"service-{port}-{len(started)}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "sse_service", "serve", "--host", "127.0.0.1",
-                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        service = Service(url, port, process, log, env)
+        service = launch(tmp_path, port, **settings)
         started.append(service)
-        wait_healthy(url, process, log)
         return service
 
     yield start

@@ -13,10 +13,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,7 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from conftest import SECRET, Service, free_port, make_token, wait_healthy
+from conftest import SECRET, Service, make_token, running_service
 from sse_service.config import Settings
 from sse_service.logs import redact
 
@@ -130,29 +125,6 @@ def jwks_server(keys: list[SigningKey]) -> Iterator[JwksServer]:
 
 
 # -- services ------------------------------------------------------------------------
-
-
-@contextmanager
-def running_service(tmp: Path, **settings: Any) -> Iterator[Service]:
-    """A service shared by a whole module (``start_service`` is per test)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SSE_") and k not in ("APP_API_TOKEN", "BETTER_AUTH_SECRET")}
-    env.update({"SSE_JWT_SECRET": SECRET, "SSE_LOG_LEVEL": "info", "SSE_DRAIN_SECONDS": "1",
-                "PYTHONUNBUFFERED": "1"})
-    for key, value in settings.items():
-        env[key if key.isupper() else "SSE_" + key.upper()] = str(value)
-    log = tmp / f"service-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sse_service", "serve", "--host", "127.0.0.1",
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-    service = Service(f"http://127.0.0.1:{port}", port, process, log, env)
-    try:
-        wait_healthy(service.url, process, log)
-        yield service
-    finally:
-        service.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,12 +22,10 @@ import pytest
 from conftest import (
     DAPR_HEADERS,
     NO_TRACE,
-    SECRET,
     Service,
     cloudevent,
-    free_port,
+    running_service,
     task_event,
-    wait_healthy,
 )
 from sse_service.broker import Appended, Position
 from sse_service.broker_memory import MemoryBroker
@@ -157,29 +149,6 @@ def test_daprd_bulk_outcomes_follow_the_contract_table(status, body, outcomes):
 
 
 # -- services ----------------------------------------------------------------------
-
-
-@contextmanager
-def running_service(tmp: Path, **settings: Any) -> Iterator[Service]:
-    """A service shared by a whole module (``start_service`` is per test)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SSE_") and k not in ("APP_API_TOKEN", "BETTER_AUTH_SECRET")}
-    env.update({"SSE_JWT_SECRET": SECRET, "SSE_LOG_LEVEL": "info", "SSE_DRAIN_SECONDS": "1",
-                "PYTHONUNBUFFERED": "1"})
-    for key, value in settings.items():
-        env[key if key.isupper() else "SSE_" + key.upper()] = str(value)
-    log = tmp / f"service-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sse_service", "serve", "--host", "127.0.0.1",
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-    service = Service(f"http://127.0.0.1:{port}", port, process, log, env)
-    try:
-        wait_healthy(service.url, process, log)
-        yield service
-    finally:
-        service.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ class Application:
 
     @asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
-        logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+        _ensure_redaction(logging.getLogger("uvicorn.access"))
         await self.broker.start(self.hub)
         await self.hub.start()
         logger.info("sse-service ready: backend=%s", self.settings.backend)
@@ -117,6 +117,13 @@ class Application:
         if STATIC_DIR.is_dir():
             api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         return api
+
+
+def _ensure_redaction(logger: logging.Logger) -> None:
+    """Under plain ``uvicorn`` the access log has no filter of ours; add one once."""
+    filters = [*logger.filters, *(f for h in logger.handlers for f in h.filters)]
+    if not any(isinstance(f, RedactTokens) for f in filters):
+        logger.addFilter(RedactTokens())
 
 
 def create_app(settings: Settings | None = None) -> Application:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
@@ -38,6 +38,8 @@ __all__ = ["RedisBroker"]
 #: by a second so key expiry never beats age trimming; the epoch outlives the
 #: log by a whole TTL so an aged-out reader hears "expired", not a new epoch.
 _LOG_GRACE_MS = 1_000
+#: Concurrent Redis commands per process; more would only queue inside Redis.
+_POOL_SIZE = 64
 _META_GRACE_MS = 60_000
 
 
@@ -58,14 +60,20 @@ class RedisBroker:
         # One immediate retry on a broken connection: pooled connections are
         # stale after a Redis restart.  Timeouts are not retried, they would
         # only double the wait.  A retried append is safe: dedupe answers it.
-        self._redis = Redis.from_url(
+        # A blocking pool: a burst of connects or deliveries waits (up to the
+        # timeout) for a free connection instead of failing with "too many
+        # connections", which would turn load into 503s and RETRYs.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=_POOL_SIZE,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
             client_name="sse-service",
             protocol=2,
         )
+        self._redis = Redis(connection_pool=pool)
         self._db = int(self._redis.connection_pool.connection_kwargs.get("db") or 0)
         self._append = self._redis.register_script(APPEND)
         self._replay = self._redis.register_script(REPLAY)

@@ -123,6 +123,25 @@ async def test_duplicate_key_returns_the_stored_record_and_publishes_nothing(
     assert not other_user.duplicate
 
 
+async def test_append_many_keeps_order_offsets_and_dedupe(make_broker: MakeBroker) -> None:
+    broker, sink = await make_broker()
+    await broker.subscribe("a")
+    await broker.subscribe("b")
+    await broker.append("a", "k0", b'{"n":0}')
+    items = [("a", "k1", b'{"n":1}'), ("b", "k1", b'{"n":1}'), ("a", "k0", b'{"n":"again"}'),
+             ("a", "k2", b'{"n":2}'), ("a", "k2", b'{"n":"twice in one batch"}')]
+    results = await broker.append_many(items)
+    assert not any(isinstance(r, Exception) for r in results)
+    appended = [r for r in results if not isinstance(r, Exception)]
+    assert [(r.record.user_id, r.record.offset, r.duplicate) for r in appended] == [
+        ("a", 2, False), ("b", 1, False), ("a", 1, True), ("a", 3, False), ("a", 3, True)]
+    assert appended[2].record.data == b'{"n":0}'
+    await sink.wait_for(lambda: len(sink.records) == 4)
+    assert sink.offsets("a") == [1, 2, 3]
+    assert sink.offsets("b") == [1]
+    assert await broker.append_many([]) == []
+
+
 async def test_replay_after_none_head_and_middle(make_broker: MakeBroker) -> None:
     broker, _ = await make_broker()
     positions = await append_n(broker, "u", 5)
@@ -400,6 +419,11 @@ async def test_hung_redis_fails_fast_then_resumes(
             with pytest.raises(BackendUnavailable):
                 await asyncio.wait_for(call(), 5)
             assert time.monotonic() - started < 2
+        started = time.monotonic()
+        batch = await asyncio.wait_for(
+            broker.append_many([("u", "b1", b"{}"), ("w", "b2", b"{}")]), 5)
+        assert all(isinstance(r, BackendUnavailable) for r in batch)
+        assert time.monotonic() - started < 2
         await wait_logged(caplog, "unavailable")
         with pytest.raises(BackendUnavailable):
             await broker.subscribe("v")

@@ -52,8 +52,11 @@ Failures
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from .errors import BackendUnavailable
 
 __all__ = ["Appended", "Broker", "Position", "Record", "Replay", "Sink"]
 
@@ -119,6 +122,17 @@ class Broker(Protocol):
 
     async def append(self, user_id: str, key: str, data: bytes) -> Appended:
         """Store ``data`` unless ``key`` was already stored for this user."""
+        ...
+
+    async def append_many(
+        self, items: Sequence[tuple[str, str, bytes]]
+    ) -> list[Appended | BackendUnavailable]:
+        """``append`` for each ``(user_id, key, data)`` in order, in one batch.
+
+        One result per item.  Once an item fails, every later item is reported
+        failed too (it may or may not have been stored; a retry is answered
+        from dedupe), so a caller that retries the failures keeps the order.
+        """
         ...
 
     async def replay(self, user_id: str, after: Position | None) -> Replay: ...

@@ -9,9 +9,11 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .broker import Appended, Position, Record, Replay, Sink
+from .errors import BackendUnavailable
 
 __all__ = ["MemoryBroker", "new_epoch"]
 
@@ -60,6 +62,18 @@ class MemoryBroker:
         if self._sink is not None and user_id in self._subscribed:
             self._sink.deliver(record)
         return Appended(record)
+
+    async def append_many(
+        self, items: Sequence[tuple[str, str, bytes]]
+    ) -> list[Appended | BackendUnavailable]:
+        results: list[Appended | BackendUnavailable] = []
+        for user_id, key, data in items:
+            try:
+                results.append(await self.append(user_id, key, data))
+            except BackendUnavailable as exc:
+                results.extend([exc] * (len(items) - len(results)))
+                break
+        return results
 
     async def replay(self, user_id: str, after: Position | None) -> Replay:
         history = self._users.get(user_id)

@@ -14,7 +14,7 @@ long, so a Dapr delivery is answered RETRY instead of hanging.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -101,14 +101,43 @@ class RedisBroker:
 
     async def append(self, user_id: str, key: str, data: bytes) -> Appended:
         keys = user_keys(user_id, self._db)
-        args: list[EncodableT] = [
+        reply = await self._call(
+            self._append(keys=keys.keys, args=self._append_args(keys.channel, key, data))
+        )
+        return _appended(user_id, data, reply)
+
+    async def append_many(
+        self, items: Sequence[tuple[str, str, bytes]]
+    ) -> list[Appended | BackendUnavailable]:
+        if len(items) == 1:
+            try:
+                return [await self.append(*items[0])]
+            except BackendUnavailable as exc:
+                return [exc]
+        # One pipeline: one round trip and one write for a whole bulk delivery.
+        # Redis runs the scripts in the order sent, so per-user order holds.
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id, key, data in items:
+            keys = user_keys(user_id, self._db)
+            args = self._append_args(keys.channel, key, data)
+            await self._append(keys=keys.keys, args=args, client=pipe)
+        try:
+            replies = await self._call(pipe.execute(raise_on_error=False))
+        except BackendUnavailable as exc:
+            return [exc] * len(items)
+        results: list[Appended | BackendUnavailable] = []
+        failed: BackendUnavailable | None = None
+        for (user_id, _, data), reply in zip(items, replies, strict=True):
+            if failed is None and isinstance(reply, Exception):
+                failed = BackendUnavailable(f"Redis refused an append ({reply})")
+            results.append(failed or _appended(user_id, data, reply))
+        return results
+
+    def _append_args(self, channel: str, key: str, data: bytes) -> list[EncodableT]:
+        return [
             new_epoch(), key, data, self._size, self._ttl_ms, self._log_ttl_ms,
-            self._meta_ttl_ms, keys.channel,
+            self._meta_ttl_ms, channel,
         ]
-        reply = await self._call(self._append(keys=keys.keys, args=args))
-        epoch, offset, duplicate = _text(reply[0]), int(reply[1]), bool(int(reply[2]))
-        stored = bytes(reply[3]) if duplicate else data
-        return Appended(Record(user_id, epoch, offset, stored), duplicate=duplicate)
 
     async def replay(self, user_id: str, after: Position | None) -> Replay:
         keys = user_keys(user_id, self._db)
@@ -146,6 +175,12 @@ class RedisBroker:
                 return await call
         except (RedisError, OSError, TimeoutError) as exc:
             raise BackendUnavailable(f"Redis unavailable ({type(exc).__name__}: {exc})") from exc
+
+
+def _appended(user_id: str, data: bytes, reply: Any) -> Appended:
+    epoch, offset, duplicate = _text(reply[0]), int(reply[1]), bool(int(reply[2]))
+    stored = bytes(reply[3]) if duplicate else data
+    return Appended(Record(user_id, epoch, offset, stored), duplicate=duplicate)
 
 
 def _text(value: bytes | str | int) -> str:

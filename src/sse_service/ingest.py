@@ -13,15 +13,16 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from .broker import Broker
-from .cloudevents import Envelope, dedupe_key, unwrap
+from .cloudevents import dedupe_key, unwrap
 from .config import Settings
-from .errors import DaprStatus, EventError, dapr_status
+from .errors import BackendUnavailable, DaprStatus, EventError
 from .events import parse_task_event
 
 __all__ = ["Ingest", "dapr_router", "subscription"]
@@ -48,43 +49,20 @@ def subscription(settings: Settings) -> list[dict[str, Any]]:
     return [entry]
 
 
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A delivery that passed validation: what to append, and its name for logs."""
+
+    user_id: str
+    key: str
+    data: bytes
+    name: str
+
+
 class Ingest:
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self._broker = broker
         self._max_bytes = settings.max_event_bytes
-
-    async def deliver(self, event: object, metadata: Mapping[str, str]) -> DaprStatus:
-        """Store one delivered event; never raises."""
-        envelope = Envelope(None, None)
-        try:
-            envelope = unwrap(event)
-            task_event = parse_task_event(envelope.payload)
-            data = task_event.data()
-            if len(data) > self._max_bytes:
-                raise EventError(
-                    f"event of {len(data)} bytes exceeds SSE_MAX_EVENT_BYTES={self._max_bytes}"
-                )
-            key = dedupe_key(envelope, metadata, data)
-            appended = await self._broker.append(task_event.user_id, key, data)
-        except EventError as exc:
-            logger.warning(
-                "dropping CloudEvent %s: %s", envelope.cloudevent_id or _id_of(event), exc.reason
-            )
-            return DaprStatus.DROP
-        except Exception as exc:
-            status = dapr_status(exc)
-            logger.warning(
-                "asking Dapr to retry CloudEvent %s: %s",
-                envelope.cloudevent_id or _id_of(event),
-                getattr(exc, "reason", repr(exc)),
-            )
-            return status
-        if appended.duplicate:
-            logger.info(
-                "CloudEvent %s already stored as %s; acknowledged again",
-                envelope.cloudevent_id, appended.record.position,
-            )
-        return DaprStatus.SUCCESS
 
     async def handle(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         limit = self._max_bytes * 200 + 1_048_576
@@ -98,11 +76,58 @@ class Ingest:
             return {"status": DaprStatus.DROP.value}
         if _is_bulk(document):
             return {"statuses": await self._bulk(document["entries"])}
-        return {"status": (await self.deliver(document, headers)).value}
+        (status,) = await self.store([(document, headers)])
+        return {"status": status.value}
+
+    async def store(self, deliveries: list[tuple[object, Mapping[str, str]]]) -> list[DaprStatus]:
+        """Validate each delivery, append the valid ones in order (one batch), never raise."""
+        statuses: list[DaprStatus] = []
+        ready: list[tuple[int, _Ready]] = []
+        for index, (event, metadata) in enumerate(deliveries):
+            item = self._prepare(event, metadata)
+            if item is None:
+                statuses.append(DaprStatus.DROP)
+            else:
+                ready.append((index, item))
+                statuses.append(DaprStatus.RETRY)
+        if not ready:
+            return statuses
+        try:
+            results = await self._broker.append_many([(r.user_id, r.key, r.data) for _, r in ready])
+        except Exception:
+            logger.exception("asking Dapr to retry %d events: unexpected error", len(ready))
+            return statuses
+        for (index, item), result in zip(ready, results, strict=True):
+            if isinstance(result, BackendUnavailable):
+                # Later items failed too (append_many keeps order): daprd retries them all.
+                logger.warning("asking Dapr to retry CloudEvent %s: %s", item.name, result.reason)
+                continue
+            statuses[index] = DaprStatus.SUCCESS
+            if result.duplicate:
+                logger.info("CloudEvent %s already stored as %s; acknowledged again",
+                            item.name, result.record.position)
+        return statuses
+
+    def _prepare(self, event: object, metadata: Mapping[str, str]) -> _Ready | None:
+        """The event ready to append, or None after logging why it is dropped."""
+        name = _id_of(event)
+        try:
+            envelope = unwrap(event)
+            name = envelope.cloudevent_id or name
+            task_event = parse_task_event(envelope.payload)
+            data = task_event.data()
+            if len(data) > self._max_bytes:
+                raise EventError(
+                    f"event of {len(data)} bytes exceeds SSE_MAX_EVENT_BYTES={self._max_bytes}"
+                )
+        except EventError as exc:
+            logger.warning("dropping CloudEvent %s: %s", name, exc.reason)
+            return None
+        return _Ready(task_event.user_id, dedupe_key(envelope, metadata, data), data, name)
 
     async def _bulk(self, entries: list[Any]) -> list[dict[str, str]]:
-        statuses = []
-        retrying = False
+        ids: list[str] = []
+        deliveries: list[tuple[object, Mapping[str, str]]] = []
         for entry in entries:
             if not isinstance(entry, dict) or not entry.get("entryId"):
                 logger.warning("skipping a bulk entry without entryId")
@@ -111,16 +136,11 @@ class Ingest:
             if isinstance(event, str):
                 # rawPayload bulk entries carry the broker bytes as base64.
                 event = {"specversion": "1.0", "id": None, "data_base64": event}
-            metadata = entry.get("metadata") or {}
-            if retrying:
-                # daprd redelivers the batch; storing later entries now would
-                # put them ahead of the one that failed.
-                status = DaprStatus.RETRY
-            else:
-                status = await self.deliver(event, metadata if isinstance(metadata, dict) else {})
-                retrying = status is DaprStatus.RETRY
-            statuses.append({"entryId": str(entry["entryId"]), "status": status.value})
-        return statuses
+            metadata = entry.get("metadata")
+            ids.append(str(entry["entryId"]))
+            deliveries.append((event, metadata if isinstance(metadata, dict) else {}))
+        statuses = await self.store(deliveries)
+        return [{"entryId": i, "status": s.value} for i, s in zip(ids, statuses, strict=True)]
 
 
 def _is_bulk(document: object) -> bool:

@@ -110,9 +110,6 @@ class Hub:
             self._subscriptions.pop(conn.user_id, None)
             self._spawn(self._broker.unsubscribe(conn.user_id))
 
-    def connections(self, user_id: str) -> int:
-        return len(self._users.get(user_id, ()))
-
     # -- Sink ------------------------------------------------------------------
     def deliver(self, record: Record) -> None:
         conns = self._users.get(record.user_id)

@@ -299,3 +299,13 @@ async def test_slow_client_is_cut_and_resumes_without_loss(start_service, open_s
     slow.writer.close()
     again = await open_stream(service, token=token, last_event_id=slow.decoder.last_event_id)
     assert await again.tasks(total - len(got), timeout=30) == list(range(len(got) + 1, total + 1))
+
+
+def test_access_log_can_be_switched_off(start_service):
+    quiet = start_service(access_log=False)
+    loud = start_service()
+    for service in (quiet, loud):
+        assert httpx.get(f"{service.url}/readyz?token=secret-value").status_code == 200
+    loud.wait_for_log('"GET /readyz?token=*** HTTP/1.1" 200')
+    assert "GET /readyz" not in quiet.logs()
+    assert "secret-value" not in quiet.logs() + loud.logs()

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8005, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
 
     # Authentication
     jwt_secret: SecretStr | None = Field(

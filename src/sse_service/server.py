@@ -67,6 +67,7 @@ def serve(settings: Settings) -> None:
         ws="none",
         lifespan="on",
         log_config=log_config(settings.log_level),
+        access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
         backlog=4096,
     )

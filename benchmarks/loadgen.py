@@ -756,6 +756,44 @@ async def open_idle(
     return result
 
 
+async def hold_idle(
+    targets: Sequence[Target],
+    *,
+    connections: int,
+    per_user: int,
+    concurrency: int,
+    secret: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """The standing cost of idle streams: open ``connections`` streams, then measure
+    server CPU and memory while they sit idle (keepalives only) for ``seconds``."""
+    tokens = Tokens(secret)
+    users = _assign(_users(-(-connections // per_user), "hold"), per_user)[:connections]
+    opened = await open_streams(targets, users, tokens, concurrency=concurrency, shared=Shared())
+    await asyncio.sleep(1.0)
+    received = sum(s.bytes for s in opened.streams)
+    cpu_before = _cpu_total(targets)
+    started = time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - started
+    cpu = _cpu_total(targets) - cpu_before
+    count = len(opened.streams)
+    result: dict[str, Any] = {
+        "connections": connections,
+        "opened": count,
+        "failures": opened.failures,
+        "idle_seconds": round(elapsed, 2),
+        "server_cpu_share": round(cpu / elapsed, 4),
+        "server_memory_kib": _memory_total(targets),
+        "bytes_per_stream_per_second": round(
+            (sum(s.bytes for s in opened.streams) - received) / max(count, 1) / elapsed, 2
+        ),
+        "still_open": sum(1 for s in opened.streams if not s.closed),
+    }
+    await close_streams(opened.streams)
+    return result
+
+
 async def saturate(
     targets: Sequence[Target],
     *,
@@ -908,7 +946,7 @@ def _percentiles(samples: Sequence[int]) -> dict[str, float]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["open", "saturate", "latency"])
+    parser.add_argument("phase", choices=["open", "hold", "saturate", "latency"])
     parser.add_argument("--port", type=int, action="append", required=True,
                         help="server port on 127.0.0.1 (repeat for replicas)")
     parser.add_argument("--pid", type=int, action="append", default=[],
@@ -928,7 +966,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     limit = raise_file_limit()
-    streams = args.connections if args.phase == "open" else args.users * args.per_user
+    streams = args.connections if args.phase in ("open", "hold") else args.users * args.per_user
     if streams + 100 > limit:
         raise SystemExit(f"{streams} streams need more than the open-files limit {limit}")
     pids: list[int | None] = list(args.pid) + [None] * (len(args.port) - len(args.pid))
@@ -937,6 +975,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "open": lambda: open_idle(
             targets, connections=args.connections, per_user=args.per_user,
             concurrency=args.concurrency, secret=args.secret,
+        ),
+        "hold": lambda: hold_idle(
+            targets, connections=args.connections, per_user=args.per_user,
+            concurrency=args.concurrency, secret=args.secret, seconds=args.seconds,
         ),
         "saturate": lambda: saturate(
             targets, users=args.users, per_user=args.per_user, seconds=args.seconds,

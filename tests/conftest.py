@@ -202,6 +202,7 @@ class Stream:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     raw: list[str] = field(default_factory=list)
+    ready: list[ServerSentEvent] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
     async def _read(self) -> None:
@@ -213,7 +214,11 @@ class Stream:
                     if line.startswith(":"):
                         self.comments.append(line[1:].strip())
                 for event in decoder.feed(text):
-                    await self.events.put(event)
+                    if event.event == "ready":
+                        # The position marker of a new stream, not a task event.
+                        self.ready.append(event)
+                    else:
+                        await self.events.put(event)
                 self.last_event_id = decoder.last_event_id
                 self.retry = decoder.retry
                 self.opened.set()

@@ -75,11 +75,12 @@ def test_replayed_history_does_not_count_against_the_limit():
     assert len(decoded(conn)) == 11
 
 
-def test_mark_sets_the_position_without_an_event():
+def test_mark_is_a_ready_event_carrying_the_position():
     conn = Connection("u", None, 10, 0.0)
     conn.start(Replay(Position("e1", 7)), None, mark=True)
     decoder = Decoder()
-    assert decoder.feed((conn.take() or b"").decode()) == []
+    (ready,) = decoder.feed((conn.take() or b"").decode())
+    assert (ready.event, ready.id, ready.data) == ("ready", "e1-7", '{"type":"ready"}')
     assert decoder.last_event_id == "e1-7"
 
 

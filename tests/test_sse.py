@@ -18,7 +18,6 @@ from sse_service.sse import (
     ServerSentEvent,
     encode,
     encode_comment,
-    encode_id,
     encode_message,
     encode_retry,
 )
@@ -295,28 +294,12 @@ def test_encode_sets_retry():
 def test_encode_refuses_ids_a_parser_would_misread(bad):
     with pytest.raises(ValueError):
         encode("x", id=bad)
-    with pytest.raises(ValueError):
-        encode_id(bad)
 
 
 @pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\r\nb", "\n"], ids=repr)
 def test_encode_refuses_line_breaks_in_an_event_name(bad):
     with pytest.raises(ValueError):
         encode("x", event=bad)
-
-
-def test_encode_id_moves_last_event_id_without_dispatching():
-    frame = encode_id("abc-3")
-    events, decoder = decode("id: old\ndata: x\n\n", frame.decode())
-    assert [e.data for e in events] == ["x"]
-    assert decoder.last_event_id == "abc-3"
-    assert decoder.feed("data: y\n\n") == [ServerSentEvent(data="y", id="abc-3")]
-
-
-def test_encode_id_closes_its_own_block():
-    # An id block written between two frames must not merge with the next one.
-    events, _ = decode((encode_id("1") + encode("x")).decode())
-    assert events == [ServerSentEvent(data="x", id="1")]
 
 
 def test_comments_are_invisible_to_the_decoder_and_do_not_disturb_events():

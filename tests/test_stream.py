@@ -39,7 +39,10 @@ async def test_stream_starts_with_retry_and_comment_and_delivers_events(service,
     assert json.loads(event.data) == {
         "type": "task_update", "event": "task.created", "task": {"id": 1, "title": "t1"}}
     assert event.id and event.id == stream.last_event_id
-    assert "event:" not in "".join(stream.raw)
+    # Task frames carry no event name: onmessage handlers see them.
+    blocks = "".join(stream.raw).split("\n\n")
+    task_blocks = [b for b in blocks if "task_update" in b]
+    assert task_blocks and not any("event:" in b for b in task_blocks)
 
 
 async def test_each_user_gets_only_their_events_on_every_tab(service, open_stream):
@@ -99,6 +102,8 @@ async def test_new_stream_is_marked_with_a_position_before_any_event(service, op
     token = service.token("early")
     stream = await open_stream(service, token=token)
     assert stream.last_event_id, "the first block must carry an id"
+    (ready,) = stream.ready
+    assert (ready.id, json.loads(ready.data)) == (stream.last_event_id, {"type": "ready"})
     marker = stream.last_event_id
     await stream.close()
     service.publish("early", 1)
@@ -229,16 +234,15 @@ def test_curl_shows_a_clean_stream(service):
         stdout=subprocess.PIPE, text=True,
     ) as curl:
         assert curl.stdout is not None
-        lines = [curl.stdout.readline() for _ in range(3)]
-        assert lines[0].startswith("retry: ") and lines[1] == ": connected\n"
+        lines = [curl.stdout.readline() for _ in range(7)]
+        assert lines[0].startswith("retry: ") and lines[1:3] == [": connected\n", "\n"]
+        assert lines[3].startswith("id: ") and lines[4:] == [
+            "event: ready\n", 'data: {"type":"ready"}\n', "\n"]
         service.publish("curl", 7)
-        seen = []
-        while not seen or seen[-1] != "\n" or not any(x.startswith("data:") for x in seen):
-            seen.append(curl.stdout.readline())
+        frame = [curl.stdout.readline() for _ in range(3)]
         curl.terminate()
-    frame = [line for line in seen if line.strip()]
-    assert frame[-2].startswith("id: ")
-    assert json.loads(frame[-1].removeprefix("data: "))["task"] == {"id": 7, "title": "t7"}
+    assert frame[0].startswith("id: ") and frame[2] == "\n"
+    assert json.loads(frame[1].removeprefix("data: "))["task"] == {"id": 7, "title": "t7"}
 
 
 class RawStream:
@@ -270,7 +274,7 @@ class RawStream:
             data = await asyncio.wait_for(self.reader.readexactly(size + 2), timeout)
             text = data[:-2].decode()
             self.comments += [line[2:] for line in text.splitlines() if line.startswith(": ")]
-            self.events += self.decoder.feed(text)
+            self.events += [e for e in self.decoder.feed(text) if e.event != "ready"]
             if size == 0:
                 return
 

@@ -15,15 +15,20 @@ from . import sse
 from .broker import Position, Record, Replay
 from .events import resync_data
 
-__all__ = ["KEEPALIVE", "Connection", "resync_frame"]
+__all__ = ["KEEPALIVE", "Connection", "ready_frame", "resync_frame"]
 
 logger = logging.getLogger(__name__)
 
 KEEPALIVE = sse.encode_comment("keepalive")
+READY_DATA = '{"type":"ready"}'
 
 
 def resync_frame(head: Position, reason: str) -> bytes:
     return sse.encode(resync_data(reason), id=str(head), event="resync")
+
+
+def ready_frame(head: Position) -> bytes:
+    return sse.encode(READY_DATA, id=str(head), event="ready")
 
 
 class Connection:
@@ -81,9 +86,10 @@ class Connection:
         else:
             self._put_history(replay.records)
             if mark:
-                # An id-only block: the browser's lastEventId now points here even
-                # before the first event, so an early reconnect misses nothing.
-                self._put(sse.encode_id(str(replay.head)))
+                # The browser's lastEventId now points here even before the first
+                # event, so an early reconnect misses nothing; a named event so that
+                # script can read the position too (an id-only block hides it).
+                self._put(ready_frame(replay.head))
         self.epoch, self.floor = replay.head.epoch, replay.head.offset
         pending, self._pending = self._pending or [], None
         return all([self.offer(record, frame) for record, frame in pending])

@@ -17,7 +17,6 @@ __all__ = [
     "ServerSentEvent",
     "encode",
     "encode_comment",
-    "encode_id",
     "encode_message",
     "encode_retry",
 ]
@@ -51,13 +50,6 @@ def encode(
     parts.extend(f"data: {line}\n" for line in _lines(data))
     parts.append("\n")
     return "".join(parts).encode()
-
-
-def encode_id(id: str) -> bytes:
-    """A block that only moves the client's last event id (no event is dispatched)."""
-    if "\r" in id or "\n" in id or "\0" in id:
-        raise ValueError("an event id must not contain CR, LF or NUL")
-    return f"id: {id}\n\n".encode()
 
 
 def encode_comment(text: str = "") -> bytes:

@@ -39,6 +39,7 @@
  * @property {Record<string, (task: object, message: object, id: string) => void>} [on]
  *   By event name: task.created, task.updated, task.deleted, task.completed.
  * @property {(message: object, id: string) => void} [onEvent] Every task event.
+ * @property {(id: string) => void} [onReady] A new stream's starting position (its `ready` frame).
  * @property {(reason: string, id: string) => void} [onResync] Events may be missing:
  *   refetch the state this stream keeps up to date.
  * @property {(status: Status, detail?: string) => void} [onStatus] Every status change.
@@ -101,9 +102,9 @@ export class TaskStream {
       return;
     }
     if (generation !== this.#generation) return;
-    // Only the browser saw the old stream's position (an id-only block): a new
-    // stream without an id starts "from now", so events may be missing.  Said
-    // once it is open, so that a refetch then leaves no gap.
+    // A stream that dropped before even its `ready` frame arrived left no
+    // position: a new stream without an id starts "from now", so events may be
+    // missing.  Said once it is open, so that a refetch then leaves no gap.
     const blind = this.#openedOnce && !this.#lastId;
     const url = new URL(this.#o.url, globalThis.location?.href);
     if (token) url.searchParams.set("token", token);
@@ -118,6 +119,12 @@ export class TaskStream {
     };
     es.onmessage = (event) => this.#message(event);
     es.addEventListener("resync", (event) => this.#resync(event));
+    // A new stream's position, before any event: a later reconnect of ours
+    // (token refresh, backoff) resumes from here instead of "from now".
+    es.addEventListener("ready", (event) => {
+      this.#store(event.lastEventId);
+      this.#o.onReady?.(event.lastEventId);
+    });
     es.onerror = () => { if (es === this.#es) this.#error(es, url); };
   }
 

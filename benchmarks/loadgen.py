@@ -701,6 +701,11 @@ def _assign(users: Sequence[str], per_user: int) -> list[str]:
 # -- phases ---------------------------------------------------------------------------------
 
 
+def _idle_users(connections: int, per_user: int, prefix: str) -> list[str]:
+    """One user name per stream, ``per_user`` streams sharing each user."""
+    return _assign(_users(-(-connections // per_user), prefix), per_user)[:connections]
+
+
 async def open_idle(
     targets: Sequence[Target],
     *,
@@ -715,7 +720,7 @@ async def open_idle(
     as fast as ``concurrency`` allows, until each got its first bytes."""
     tokens = Tokens(secret)
     shared = Shared()
-    users = _assign(_users(-(-connections // per_user), "idle"), per_user)[:connections]
+    users = _idle_users(connections, per_user, "idle")
     warm = await open_streams(
         targets, _assign(_users(max(1, warmup // per_user), "warm"), per_user), tokens,
         concurrency=concurrency, shared=shared,
@@ -768,7 +773,7 @@ async def hold_idle(
     """The standing cost of idle streams: open ``connections`` streams, then measure
     server CPU and memory while they sit idle (keepalives only) for ``seconds``."""
     tokens = Tokens(secret)
-    users = _assign(_users(-(-connections // per_user), "hold"), per_user)[:connections]
+    users = _idle_users(connections, per_user, "hold")
     opened = await open_streams(targets, users, tokens, concurrency=concurrency, shared=Shared())
     await asyncio.sleep(1.0)
     received = sum(s.bytes for s in opened.streams)

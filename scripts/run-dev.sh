@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
+export SSE_DEMO_PAGE="${SSE_DEMO_PAGE:-true}"
 export SSE_JWT_SECRET="${SSE_JWT_SECRET:-dev-only-secret-change-me-0123456789}"
 PORT="${SSE_PORT:-8005}"
 TOKEN=$("$BIN/sse-service" token --user 42 --ttl 86400)

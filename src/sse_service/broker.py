@@ -52,15 +52,21 @@ Failures
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import BackendUnavailable
 
-__all__ = ["Appended", "Broker", "Position", "Record", "Replay", "Sink"]
+__all__ = ["Appended", "Broker", "Position", "Record", "Replay", "Sink", "new_epoch"]
 
 _POSITION = re.compile(r"^([0-9a-z]{1,32})-(0|[1-9][0-9]{0,17})$")
+
+
+def new_epoch() -> str:
+    """A fresh epoch name: 10 random hex digits, never reused in practice."""
+    return secrets.token_hex(5)
 
 
 @dataclass(frozen=True, slots=True, order=True)

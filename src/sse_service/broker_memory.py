@@ -6,21 +6,15 @@ old id is answered with ``resync``, never with a silent partial replay.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .broker import Appended, Position, Record, Replay, Sink
+from .broker import Appended, Position, Record, Replay, Sink, new_epoch
 from .errors import BackendUnavailable
 
-__all__ = ["MemoryBroker", "new_epoch"]
-
-
-def new_epoch() -> str:
-    return secrets.token_hex(5)
-
+__all__ = ["MemoryBroker"]
 
 @dataclass(slots=True)
 class _History:

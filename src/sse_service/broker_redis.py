@@ -24,8 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
 from redis.typing import EncodableT
 
-from .broker import Appended, Position, Record, Replay, Sink
-from .broker_memory import new_epoch
+from .broker import Appended, Position, Record, Replay, Sink, new_epoch
 from .config import Settings
 from .errors import BackendUnavailable
 from .redis_keys import user_keys

@@ -66,10 +66,22 @@ class Settings(BaseSettings):
     keepalive_seconds: float = Field(15.0, gt=0)
     retry_ms: int = Field(3000, ge=0)
     queue_size: int = Field(1024, ge=1)
+    #: SSE_QUEUE_BYTES: bytes one stream may hold unsent before it is cut as slow_consumer.
+    queue_bytes: int = Field(1_048_576, ge=4096)
     max_connections: int = Field(10_000, ge=1)
     max_connections_per_user: int = Field(32, ge=1)
     drain_seconds: float = Field(5.0, ge=0)
-    demo_page: bool = True
+    demo_page: bool = False
+
+    # HTTP bounds
+    #: SSE_MAX_HEADER_BYTES: request line plus headers; larger requests get 431.
+    max_header_bytes: int = Field(32_768, ge=1024, le=1_048_576)
+    #: SSE_HEADER_TIMEOUT_SECONDS: time a client has to send its request headers.
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: SSE_MAX_BODY_BYTES: request bodies outside the Dapr route (413 beyond).
+    max_body_bytes: int = Field(65_536, ge=1024)
+    #: SSE_MAX_DELIVERY_BYTES: one Dapr delivery, bulk included (DROP beyond, never 413).
+    max_delivery_bytes: int = Field(16_777_216, ge=65_536)
 
     # History and backend
     backend: Literal["memory", "redis"] = "memory"

@@ -22,9 +22,11 @@ __all__ = [
     "AuthError",
     "BackendUnavailable",
     "CapacityError",
+    "CloseReason",
     "DaprStatus",
     "EventError",
     "LimitError",
+    "ResyncReason",
     "ServiceError",
     "UserLimitError",
     "dapr_status",
@@ -36,6 +38,27 @@ class DaprStatus(StrEnum):
     SUCCESS = "SUCCESS"
     RETRY = "RETRY"
     DROP = "DROP"
+
+
+class CloseReason(StrEnum):
+    """Why a stream ended: the one catalogue for logs, the closing comment and tests."""
+
+    CLIENT_DISCONNECTED = "client_disconnected"
+    TOKEN_EXPIRED = "token_expired"
+    SLOW_CONSUMER = "slow_consumer"
+    SERVER_SHUTDOWN = "server_shutdown"
+    CLOSED = "closed"
+
+
+class ResyncReason(StrEnum):
+    """Why a client must refetch its state (``event: resync``): the replay it asked for
+    cannot be given without a gap."""
+
+    UNKNOWN_EPOCH = "unknown_epoch"
+    EXPIRED = "expired"
+    UNKNOWN_POSITION = "unknown_position"
+    INVALID_ID = "invalid_id"
+    HISTORY_LOST = "history_lost"
 
 
 class ServiceError(Exception):

@@ -11,7 +11,26 @@ import re
 from typing import Any
 from urllib.parse import unquote_plus
 
-__all__ = ["RedactTokens", "log_config", "redact"]
+__all__ = ["RedactTokens", "escape", "log_config", "redact"]
+
+#: The longest rendering of one untrusted value in a log line.
+MAX_LOGGED_CHARS = 200
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group(0)
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, f"\\u{ord(char):04x}")
+
+
+def escape(value: object, limit: int = MAX_LOGGED_CHARS) -> str:
+    """An untrusted value made safe for one log line: control characters, line
+    separators and lone surrogates escaped, backslashes doubled, the result cut
+    at ``limit`` characters with the original length noted."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = len(text) > limit
+    safe = _UNSAFE.sub(_escape_char, text[:limit].replace("\\", "\\\\"))
+    return f"{safe}...({len(text)} chars)" if cut else safe
 
 _QUERY_PARAM = re.compile(r"(^|[?&;])([^=&;?/\s\"]+)=[^&;?\s\"]*")
 _SECRET_NAMES = frozenset({"token", "access_token"})

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -51,38 +52,98 @@ class CollectingSink:
                 await self._changed.wait()
 
 
-MakeBroker = Callable[..., Awaitable[tuple[Broker, CollectingSink]]]
-
-
 def redis_broker(server: RedisServer, **settings: Any) -> RedisBroker:
     return RedisBroker(Settings(backend="redis", redis_url=server.url, **settings))
+
+
+class FakeClock:
+    """Monotonic seconds that move only when a test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class MakeBroker:
+    """``await make_broker(history_size=..., history_ttl_seconds=...)`` → (broker, sink).
+
+    The memory broker runs on :attr:`clock`, a fake one, and sweeps often;
+    Redis keeps time by its own clock, so :meth:`let_time_pass` really waits
+    for it.
+    """
+
+    def __init__(self, backend: str, start_redis: Callable[..., RedisServer]) -> None:
+        self.backend = backend
+        self.clock = FakeClock()
+        self.started: list[Broker] = []
+        self._start_redis = start_redis
+        self._server: RedisServer | None = None
+
+    async def __call__(self, history_size: int = 100,
+                       history_ttl_seconds: int = 3600) -> tuple[Broker, CollectingSink]:
+        broker: Broker
+        if self.backend == "memory":
+            broker = MemoryBroker(history_size, history_ttl_seconds, clock=self.clock,
+                                  sweep_interval_seconds=0.01)
+        else:
+            broker = redis_broker(self.server, history_size=history_size,
+                                  history_ttl_seconds=history_ttl_seconds)
+        sink = CollectingSink()
+        await broker.start(sink)
+        self.started.append(broker)
+        return broker, sink
+
+    @property
+    def server(self) -> RedisServer:
+        if self._server is None:
+            self._server = self._start_redis()
+        return self._server
+
+    async def let_time_pass(self, seconds: float) -> None:
+        if self.backend == "memory":
+            self.clock.now += seconds
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(seconds)
+
+    async def let_history_lapse(self, broker: Broker, user: str) -> None:
+        """Age out the user's records, then wait until nothing of its history is left."""
+        epoch = (await broker.replay(user, None)).head.epoch
+        deadline = time.monotonic() + 10
+        while (await broker.replay(user, Position(epoch, 0))).resync != "expired":
+            assert time.monotonic() < deadline, "records never aged out"
+            await self.let_time_pass(0.05)
+        if isinstance(broker, MemoryBroker):
+            self.clock.now += 15  # past the few seconds a reader may take to come back
+            await sweeps(broker, 2)
+        else:
+            # The epoch outlives the log by a whole TTL plus a minute; let
+            # Redis expire what is left now rather than wait for that.
+            names = user_keys(user).keys
+            for name in names:
+                self.server.command("PEXPIRE", name, 1)
+            while self.server.command("EXISTS", *names):
+                assert time.monotonic() < deadline, "keys never expired"
+                await asyncio.sleep(0.01)
+
+
+async def sweeps(broker: MemoryBroker, count: int) -> None:
+    """Wait for ``count`` more sweeps (the first may have begun before the clock moved)."""
+    target = broker.sweeps + count
+    async with asyncio.timeout(5):
+        while broker.sweeps < target:
+            await asyncio.sleep(0.005)
 
 
 @pytest.fixture(params=["memory", "redis"])
 async def make_broker(request: pytest.FixtureRequest,
                       redis_server: Callable[..., RedisServer],  # noqa: F811
                       ) -> AsyncIterator[MakeBroker]:
-    """``await make_broker(history_size=..., history_ttl_seconds=...)`` → (broker, sink)."""
-    started: list[Broker] = []
-    server: list[RedisServer] = []
-
-    async def make(history_size: int = 100,
-                   history_ttl_seconds: int = 3600) -> tuple[Broker, CollectingSink]:
-        broker: Broker
-        if request.param == "memory":
-            broker = MemoryBroker(history_size, history_ttl_seconds)
-        else:
-            if not server:
-                server.append(redis_server())
-            broker = redis_broker(server[0], history_size=history_size,
-                                  history_ttl_seconds=history_ttl_seconds)
-        sink = CollectingSink()
-        await broker.start(sink)
-        started.append(broker)
-        return broker, sink
-
-    yield make
-    for broker in started:
+    factory = MakeBroker(request.param, redis_server)
+    yield factory
+    for broker in factory.started:
         await broker.close()
 
 
@@ -211,11 +272,36 @@ async def test_expired_by_age(make_broker: MakeBroker) -> None:
     while (replay := await broker.replay("u", Position(epoch, 0))).resync is None:
         assert [r.offset for r in replay.records] == [1, 2], "partial replay"
         assert time.monotonic() < deadline, "records never aged out"
-        await asyncio.sleep(0.05)
+        await make_broker.let_time_pass(0.05)
     assert replay.resync == "expired" and replay.head == Position(epoch, 2)
     # The epoch outlives its records: a reader at the head is still fine.
     assert (await broker.replay("u", Position(epoch, 2))).resync is None
     assert (await broker.append("u", "key-1", b"{}")).record.position == Position(epoch, 3)
+
+
+
+async def test_a_lapsed_history_never_answers_for_its_old_ids(make_broker: MakeBroker) -> None:
+    broker, sink = await make_broker(history_ttl_seconds=1)
+    await broker.subscribe("u")
+    old = await append_n(broker, "u", 3)
+    await sink.wait_for(lambda: sink.offsets("u") == [1, 2, 3])
+    await broker.unsubscribe("u")
+    await make_broker.let_history_lapse(broker, "u")
+    for after in (Position(old[0].epoch, 0), *old):
+        replay = await broker.replay("u", after)
+        assert replay.resync == "unknown_epoch" and replay.records == [], after
+        assert replay.head.epoch != old[0].epoch and replay.head.offset == 0
+    # The dedupe keys went with the history, and no id comes back.
+    new = [await broker.append("u", f"key-{n}", b'{"new":%d}' % n) for n in (1, 2, 3, 4)]
+    assert not any(appended.duplicate for appended in new)
+    positions = [appended.record.position for appended in new]
+    assert [p.offset for p in positions] == [1, 2, 3, 4]
+    assert not {str(p) for p in positions} & {str(p) for p in old}
+    assert all(Position.parse(str(p)) == p for p in positions)
+    for after in old:
+        replay = await broker.replay("u", after)
+        assert replay.resync == "unknown_epoch" and replay.records == [], after
+        assert replay.head == positions[-1]
 
 
 # -- subscriptions and delivery -------------------------------------------------
@@ -299,6 +385,77 @@ async def test_interleaved_subscribe_and_unsubscribe_end_in_the_last_state(
 async def test_ping(make_broker: MakeBroker) -> None:
     broker, _ = await make_broker()
     await asyncio.wait_for(broker.ping(), 5)
+
+
+
+# -- memory only ----------------------------------------------------------------
+async def test_memory_forgets_users_within_seconds_of_their_ttl() -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(100, 60, clock=clock, sweep_interval_seconds=0.01)
+    await broker.start(CollectingSink())
+    try:
+        idle = await append_n(broker, "idle", 2)
+        await broker.replay("reader", None)
+        await broker.subscribe("streaming")
+        streaming = await append_n(broker, "streaming", 2)
+        assert broker.users == 3
+        clock.now += 9.5
+        await sweeps(broker, 2)
+        assert broker.users == 3, "a reader keeps its position for a few seconds"
+        clock.now += 1
+        await sweeps(broker, 2)
+        assert broker.users == 2, "a reader without records was not forgotten"
+        clock.now += 19.5
+        await append_n(broker, "recent", 1)
+        clock.now += 31  # 61 s: the TTL has passed for "idle" and "streaming"
+        await sweeps(broker, 2)
+        assert broker.users == 3
+        clock.now += 10
+        await sweeps(broker, 2)
+        assert broker.users == 2, "idle was not forgotten within 11 s of its TTL"
+        # A subscribed user keeps epoch and head, not the records.
+        at_head = await broker.replay("streaming", streaming[-1])
+        assert at_head.resync is None and at_head.head == streaming[-1]
+        from_start = await broker.replay("streaming", Position(streaming[0].epoch, 0))
+        assert from_start.resync == "expired"
+        await broker.unsubscribe("streaming")
+        clock.now += 11
+        await sweeps(broker, 2)
+        assert broker.users == 1, "streaming was not forgotten after its unsubscribe"
+        clock.now += 30
+        await sweeps(broker, 2)
+        assert broker.users == 0
+        assert (await broker.replay("idle", idle[-1])).resync == "unknown_epoch"
+    finally:
+        await broker.close()
+    assert not [task for task in asyncio.all_tasks() if "sweep" in task.get_name()]
+
+
+async def test_memory_of_lapsed_users_is_given_back() -> None:
+    users, ttl = 20_000, 60
+    clock = FakeClock()
+    broker = MemoryBroker(100, ttl, clock=clock, sweep_interval_seconds=0.01)
+    await broker.start(CollectingSink())
+    data = b'{"type":"task.updated","task":{"id":"%d","status":"running"}}'
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for n in range(users):
+            user = f"user-{n}"
+            await broker.replay(user, None)
+            await broker.append(user, f"ce:{n}", data % n)
+            await broker.append(user, f"ce:{n}:2", data % n)
+        held = tracemalloc.get_traced_memory()[0] - start
+        clock.now += ttl + 10
+        await sweeps(broker, 2)
+        left = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+        await broker.close()
+    assert broker.users == 0
+    assert held > users * 500, "the measurement does not see the histories"
+    # What is left is allocator free lists (CPython keeps up to 2000 freed tuples of a size).
+    assert left < held / 50, f"{left} of {held} bytes kept for {users} forgotten users"
 
 
 # -- Redis only -----------------------------------------------------------------

@@ -9,8 +9,9 @@ Positions
     Every stored event has a :class:`Position` ``(epoch, offset)``.  Offsets
     of one user are 1, 2, 3, ... with no holes, in the order the events were
     appended.  The epoch names one incarnation of the user's history: it
-    changes when that history is lost (a memory backend restarts, Redis comes
-    back empty), so an old position can never be misread against new events.
+    changes when that history is lost (a memory backend restarts or forgets an
+    idle user's expired history, Redis comes back empty, restarts or lets the
+    user's keys expire), so an old position can never be misread against new events.
     ``str(position)`` is the SSE ``id`` clients echo in ``Last-Event-ID``.
 
 Ordering

@@ -175,12 +175,25 @@ def running_service(tmp: Path, **settings: Any) -> Iterator[Service]:
         service.stop(signal.SIGKILL)
 
 
+@pytest.fixture(params=["socket", "asgi"])
+def stream_path(request: pytest.FixtureRequest) -> str:
+    """Both ways ``/events`` is served: a module that asks for this fixture (e.g.
+    ``pytestmark = pytest.mark.usefixtures("stream_path")``) runs every test on both."""
+    return str(request.param)
+
+
 @pytest.fixture
-def start_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+def start_service(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Service]]:
     """Factory: ``start_service(**settings)``, or ``start_service(port=P)`` to restart there."""
     started: list[Service] = []
+    path = request.getfixturevalue("stream_path") if "stream_path" in request.fixturenames \
+        else None
 
     def start(port: int | None = None, **settings: Any) -> Service:
+        if path is not None:
+            settings.setdefault("stream_path", path)
         service = launch(tmp_path, port, **settings)
         started.append(service)
         return service

@@ -28,7 +28,7 @@ def opened(limit: int = 100, head: int = 0, records: list[Record] | None = None)
 
 
 def decoded(conn: Connection) -> list[tuple[str, str, str]]:
-    events = Decoder().feed((conn.take() or b"").decode())
+    events = Decoder().feed((conn.outlet.take() or b"").decode())
     return [(e.event, e.id, e.data) for e in events]
 
 
@@ -44,12 +44,12 @@ def test_live_records_during_replay_are_queued_after_it_without_duplicates():
 def test_a_hole_in_live_offsets_is_reported_and_not_skipped():
     conn = opened(head=1)
     assert not conn.offer(record(3), frame(record(3)))
-    assert conn.take() is None
+    assert conn.outlet.take() is None
     assert conn.position == Position("e1", 1)
     conn.catch_up(Replay(Position("e1", 3), [record(2), record(3)]))
     assert [e[1] for e in decoded(conn)] == ["e1-2", "e1-3"]
     assert conn.offer(record(3), frame(record(3)))
-    assert conn.take() is None
+    assert conn.outlet.take() is None
 
 
 def test_a_new_epoch_under_an_open_stream_sends_resync_first():
@@ -65,7 +65,8 @@ def test_overflow_cuts_the_stream_as_slow_consumer_and_frees_the_queue():
     for n in range(1, 5):
         conn.offer(record(n), frame(record(n)))
     assert conn.reason == "slow_consumer"
-    assert conn.take() is None
+    # What was queued is dropped; only the closing frame is left to send.
+    assert conn.outlet.take() == b": closing: slow_consumer\n\n"
 
 
 def test_replayed_history_does_not_count_against_the_limit():
@@ -79,20 +80,20 @@ def test_mark_is_a_ready_event_carrying_the_position():
     conn = Connection("u", None, 10, 0.0)
     conn.start(Replay(Position("e1", 7)), None, mark=True)
     decoder = Decoder()
-    (ready,) = decoder.feed((conn.take() or b"").decode())
+    (ready,) = decoder.feed((conn.outlet.take() or b"").decode())
     assert (ready.event, ready.id, ready.data) == ("ready", "e1-7", '{"type":"ready"}')
     assert decoder.last_event_id == "e1-7"
 
 
 async def test_wait_returns_when_a_frame_arrives_or_the_stream_closes():
     conn = opened()
-    waiter = asyncio.ensure_future(conn.wait())
+    waiter = asyncio.ensure_future(conn.outlet.wait())
     await asyncio.sleep(0)
     assert not waiter.done()
     conn.offer(record(1), frame(record(1)))
     await asyncio.wait_for(waiter, 1)
-    conn.take()
-    waiter = asyncio.ensure_future(conn.wait())
+    conn.outlet.take()
+    waiter = asyncio.ensure_future(conn.outlet.wait())
     await asyncio.sleep(0)
     conn.close("token_expired")
     await asyncio.wait_for(waiter, 1)

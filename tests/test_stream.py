@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 
 import httpx
 import pytest
 
-from conftest import DAPR_HEADERS, Service, cloudevent
+from conftest import (
+    DAPR_HEADERS,
+    SECRET,
+    Service,
+    cloudevent,
+    free_port,
+    make_token,
+    wait_healthy,
+)
 from sse_service.sse import Decoder, ServerSentEvent
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("stream_path")]
 
 
 @pytest.fixture
@@ -211,8 +221,24 @@ async def test_graceful_shutdown_drains_streams(start_service, open_stream):
     for stream in streams:
         await stream.wait_ended(timeout=10)
         assert "closing: server_shutdown" in stream.comments
-    assert service.process.wait(15) in (0, -signal.SIGTERM)
-    assert "drained: 0 streams still open" in service.logs()
+    # A signal is how the service is meant to stop: a clean drain exits 0, quietly.
+    assert service.process.wait(15) == 0
+    logs = service.logs()
+    assert "drained: 0 sockets still open" in logs
+    assert "Traceback" not in logs and " ERROR " not in logs
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_a_signal_ends_the_process_with_status_0_and_no_traceback(
+    start_service, open_stream, sig
+):
+    service = start_service(drain_seconds=0.2)
+    await open_stream(service, token=service.token("bye"))
+    service.process.send_signal(sig)
+    code = await asyncio.get_running_loop().run_in_executor(None, service.process.wait, 15)
+    logs = service.logs()
+    assert code == 0, logs
+    assert "Traceback" not in logs and "KeyboardInterrupt" not in logs
 
 
 async def _poll(request, status: int, timeout: float = 5) -> httpx.Response:
@@ -267,16 +293,22 @@ class RawStream:
         assert head.startswith(b"HTTP/1.1 200"), head
         return cls(reader, writer)
 
-    async def read_all(self, timeout: float = 20) -> None:
-        """Read chunks until the server ends the response."""
-        while True:
-            size = int(await asyncio.wait_for(self.reader.readline(), timeout), 16)
-            data = await asyncio.wait_for(self.reader.readexactly(size + 2), timeout)
-            text = data[:-2].decode()
-            self.comments += [line[2:] for line in text.splitlines() if line.startswith(": ")]
-            self.events += [e for e in self.decoder.feed(text) if e.event != "ready"]
-            if size == 0:
-                return
+    async def read_all(self, timeout: float = 20) -> bool:
+        """Read chunks until the server ends the response: True when it ended it
+        cleanly, False when it aborted the connection (what it does to a client
+        that has not read its last frames in time)."""
+        try:
+            while True:
+                size = int(await asyncio.wait_for(self.reader.readline(), timeout), 16)
+                data = await asyncio.wait_for(self.reader.readexactly(size + 2), timeout)
+                text = data[:-2].decode()
+                self.comments += [line[2:] for line in text.splitlines() if line.startswith(": ")]
+                self.events += [e for e in self.decoder.feed(text) if e.event != "ready"]
+                if size == 0:
+                    return True
+        except (ConnectionResetError, asyncio.IncompleteReadError, ValueError):
+            return False
+
 
 
 async def test_slow_client_is_cut_and_resumes_without_loss(start_service, open_stream):
@@ -296,8 +328,8 @@ async def test_slow_client_is_cut_and_resumes_without_loss(start_service, open_s
     # The healthy stream of the same user got everything while the other stalled.
     assert await fast.tasks(total, timeout=30) == list(range(1, total + 1))
     service.wait_for_log("slow_consumer")
-    await slow.read_all()
-    assert "closing: slow_consumer" in slow.comments
+    if await slow.read_all():
+        assert "closing: slow_consumer" in slow.comments
     got = [json.loads(e.data)["task"]["id"] for e in slow.events]
     assert 0 < len(got) < total and got == list(range(1, len(got) + 1))
     slow.writer.close()
@@ -313,3 +345,185 @@ def test_access_log_can_be_switched_off(start_service):
     loud.wait_for_log('"GET /readyz?token=*** HTTP/1.1" 200')
     assert "GET /readyz" not in quiet.logs()
     assert "secret-value" not in quiet.logs() + loud.logs()
+
+
+async def _publish_blobs(service: Service, user: str, count: int, size: int,
+                         until_log: str | None = None) -> int:
+    """Publish ``count`` events of about ``size`` bytes; stop early once ``until_log``
+    is in the service log.  Returns how many were published."""
+    blob = "x" * size
+    async with httpx.AsyncClient(timeout=10) as client:
+        for n in range(1, count + 1):
+            body = cloudevent({"event_type": "task.updated", "user_id": user,
+                               "task": {"id": n, "blob": blob}})
+            reply = await client.post(f"{service.url}/task-updates", content=body,
+                                      headers=DAPR_HEADERS)
+            assert reply.json()["status"] == "SUCCESS"
+            if until_log is not None and until_log in service.logs():
+                return n
+    return count
+
+
+def _rss_kib(service: Service) -> int:
+    with open(f"/proc/{service.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_stalled_client_frees_its_slot_at_once_and_never_holds_shutdown(
+    start_service, open_stream
+):
+    service = start_service(max_connections_per_user=1, drain_seconds=1, queue_size=16)
+    token = service.token("stall")
+    stalled = await RawStream.open(service, token)  # never reads again
+    published = await _publish_blobs(service, "stall", 400, 48_000, until_log="slow_consumer")
+    assert published < 400, "the stalled stream was never cut"
+    # Its slot is free at once: the same user may open a stream right away...
+    again = await open_stream(service, token=token, last_event_id="")
+    async with httpx.AsyncClient(timeout=5) as client:
+        ready = (await client.get(f"{service.url}/readyz")).json()
+    # ...and readiness counts only the live one.
+    assert ready["streams"] == 1
+    assert again.response.status_code == 200
+    # Shutdown does not wait on the stalled socket beyond the drain window.
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    service.process.send_signal(signal.SIGTERM)
+    code = await loop.run_in_executor(None, service.process.wait, 15)
+    took = loop.time() - started
+    assert code == 0
+    assert took < 1 + 1.0 + 2.5, f"exit took {took:.1f}s"
+    logs = service.logs()
+    assert "Traceback" not in logs and " ERROR " not in logs, logs
+    stalled.writer.close()
+
+
+async def test_bytes_bound_what_one_stream_may_hold(start_service):
+    # Frames alone would allow 1024 x 60 kB here; the byte bound cuts at 256 KiB.
+    service = start_service(queue_bytes=262_144, max_event_bytes=70_000)
+    stalled = await RawStream.open(service, service.token("hoarder"))
+    before = _rss_kib(service)
+    published = await _publish_blobs(service, "hoarder", 600, 60_000)
+    service.wait_for_log("slow_consumer")
+    grown_mib = (_rss_kib(service) - before) / 1024
+    # 600 x 60 kB is 34 MiB; history keeps its own copy (1000 events by default),
+    # so allow for that once but not for a second, queued copy.
+    history_mib = published * 60_000 / 2**20
+    assert grown_mib < history_mib + 12, f"grew {grown_mib:.0f} MiB"
+    assert "bytes unsent" in service.logs()
+    stalled.writer.close()
+
+
+async def _raw_request(service: Service, request: bytes) -> tuple[
+    asyncio.StreamReader, asyncio.StreamWriter
+]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+    writer.write(request)
+    return reader, writer
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One complete response with a content-length: (head, body)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_a_refusal_keeps_the_connection_for_pipelined_requests(service):
+    bad = b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n"
+    good = (f"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            f"{service.token('piped')}\r\n\r\n").encode()
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    # A refused stream, a health check and a stream, all in one write.
+    reader, writer = await _raw_request(service, bad + health + good)
+    head, body = await _read_response(reader)
+    assert head.startswith(b"HTTP/1.1 401 ") and b"www-authenticate" in head.lower()
+    assert json.loads(body)["detail"] == "malformed token"
+    head, body = await _read_response(reader)
+    assert head.startswith(b"HTTP/1.1 200 ") and json.loads(body) == {"status": "ok"}
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head
+    assert b"transfer-encoding: chunked" in head.lower()
+    writer.close()
+
+
+async def test_http_1_0_clients_get_an_unchunked_stream(service, stream_path):
+    if stream_path == "asgi":
+        pytest.skip("uvicorn's own cycle answers HTTP/1.0 with chunked framing")
+    reader, writer = await _raw_request(
+        service, (f"GET /events HTTP/1.0\r\nAuthorization: Bearer {service.token('old')}"
+                  "\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"chunked" not in head.lower()
+    decoder = Decoder()
+    ready: list[ServerSentEvent] = []
+    async with asyncio.timeout(5):
+        while not ready:
+            ready = [e for e in decoder.feed((await reader.read(4096)).decode())
+                     if e.event == "ready"]
+    service.publish("old", 5)
+    events: list[ServerSentEvent] = []
+    async with asyncio.timeout(5):
+        while not events:
+            events = decoder.feed((await reader.read(4096)).decode())
+    assert json.loads(events[0].data)["task"]["id"] == 5
+    writer.close()
+
+
+async def test_cors_preflight_and_credentialed_stream(start_service, open_stream):
+    origin = "https://app.example"
+    service = start_service(cors_origins=origin)
+    async with httpx.AsyncClient(timeout=5) as client:
+        pre = await client.options(f"{service.url}/events", headers={
+            "origin": origin, "access-control-request-method": "GET",
+            "access-control-request-headers": "authorization"})
+        assert pre.status_code == 204
+        assert pre.headers["access-control-allow-origin"] == origin
+        assert "authorization" in pre.headers["access-control-allow-headers"]
+        other = await client.options(f"{service.url}/events",
+                                     headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        refused = await client.get(f"{service.url}/events", headers={"origin": origin})
+        assert refused.status_code == 401
+        assert refused.headers["access-control-allow-origin"] == origin
+        wrong = await client.post(f"{service.url}/events")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, OPTIONS"
+    stream = await open_stream(service, token=service.token("c"), headers={"origin": origin})
+    assert stream.response.headers["access-control-allow-origin"] == origin
+    assert stream.response.headers["access-control-allow-credentials"] == "true"
+
+
+async def test_the_access_log_line_is_the_same_and_masks_tokens(service, open_stream):
+    token = service.token("logged")
+    await open_stream(service, params={"token": token})
+    service.wait_for_log('"GET /events?token=*** HTTP/1.1" 200')
+    async with httpx.AsyncClient(timeout=5) as client:
+        await client.get(f"{service.url}/events?token=bad-{token}")
+    service.wait_for_log('"GET /events?token=*** HTTP/1.1" 401')
+    assert token not in service.logs()
+
+
+async def test_the_portable_endpoint_runs_under_plain_uvicorn(tmp_path, open_stream):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
+    env.update({"SSE_JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1"})
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "sse_service.app:create_app",
+             "--host", "127.0.0.1", "--port", str(port)], stdout=out,
+            stderr=subprocess.STDOUT, env=env)
+    service = Service(f"http://127.0.0.1:{port}", port, process, log, env)
+    try:
+        wait_healthy(service.url, process, log)
+        stream = await open_stream(service, token=make_token("plain"))
+        service.publish("plain", 3)
+        assert await stream.tasks(1) == [3]
+    finally:
+        service.stop(signal.SIGKILL)

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_connections_per_user: int = Field(32, ge=1)
     drain_seconds: float = Field(5.0, ge=0)
     demo_page: bool = False
+    #: SSE_STREAM_PATH: "socket" serves /events on the socket under `serve`;
+    #: "asgi" keeps it on the portable ASGI endpoint.
+    stream_path: Literal["socket", "asgi"] = "socket"
 
     # HTTP bounds
     #: SSE_MAX_HEADER_BYTES: request line plus headers; larger requests get 431.

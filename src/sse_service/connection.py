@@ -1,25 +1,36 @@
-"""One open stream: a bounded queue of encoded frames and the client's position.
+"""One open stream: the client's position, and what it is sent next.
 
-Producers never await a connection: :meth:`Connection.offer` appends bytes and
-wakes the writer.  A queue that overflows disconnects its client with the
-named reason ``slow_consumer``; the client reconnects with ``Last-Event-ID``
-and replays from history, so nothing is lost and nobody else waits.
+Producers never await a connection: :meth:`Connection.offer` hands bytes to
+the stream's outlet (:mod:`.outlet`: a bounded queue, or the socket itself),
+which says when a client has fallen too far behind.  Such a stream is cut
+with the named reason ``slow_consumer``: what it had queued is dropped and
+its slot is released at once (``on_close``); the client reconnects with
+``Last-Event-ID`` and replays from history, so nothing is lost and nobody
+else waits.  However a stream ends, its closing frame is still written, and a
+client that has not taken it :data:`~.outlet.FLUSH_SECONDS` later has its
+socket aborted, so a stalled client never holds a socket, a slot or a
+shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from . import sse
 from .broker import Position, Record, Replay
+from .errors import CloseReason, ResyncReason
 from .events import resync_data
+from .logs import escape
+from .outlet import QueueOutlet, SocketOutlet, chunk
 
 __all__ = ["KEEPALIVE", "Connection", "ready_frame", "resync_frame"]
 
 logger = logging.getLogger(__name__)
 
 KEEPALIVE = sse.encode_comment("keepalive")
+KEEPALIVE_CHUNK = chunk(KEEPALIVE)
 READY_DATA = '{"type":"ready"}'
 
 
@@ -40,15 +51,20 @@ class Connection:
         "reason",
         "active",
         "idle_since",
-        "_limit",
-        "_frames",
-        "_waiter",
+        "outlet",
         "_pending",
-        "_flush",
-        "_history",
+        "_on_close",
     )
 
-    def __init__(self, user_id: str, deadline: float | None, limit: int, now: float) -> None:
+    def __init__(
+        self,
+        user_id: str,
+        deadline: float | None,
+        limit: int,
+        now: float,
+        byte_limit: int = 1 << 20,
+        on_close: Callable[[Connection], None] | None = None,
+    ) -> None:
         self.user_id = user_id
         self.deadline = deadline
         self.epoch: str | None = None
@@ -56,15 +72,10 @@ class Connection:
         self.reason: str | None = None
         self.active = True
         self.idle_since = now
-        self._limit = limit
-        self._frames: list[bytes] = []
-        self._waiter: asyncio.Future[None] | None = None
+        self.outlet: QueueOutlet | SocketOutlet = QueueOutlet(limit, byte_limit)
         # Live records that arrive while the history is being read wait here.
         self._pending: list[tuple[Record, bytes]] | None = []
-        self._flush = True
-        # Replayed frames are bounded by the history size, not by the queue:
-        # they do not count against the slow-consumer limit.
-        self._history = 0
+        self._on_close = on_close
 
     @property
     def closed(self) -> bool:
@@ -94,88 +105,112 @@ class Connection:
         pending, self._pending = self._pending or [], None
         return all([self.offer(record, frame) for record, frame in pending])
 
-    def offer(self, record: Record, frame: bytes) -> bool:
-        """Queue a live record unless already delivered; False when one is missing."""
+    def offer(self, record: Record, frame: bytes, framed: bytes | None = None) -> bool:
+        """Send a live record unless already delivered; False when one is missing.
+        ``framed`` is ``frame`` as an HTTP chunk, built once for every stream."""
         if self._pending is not None:
             self._pending.append((record, frame))
             return True
         if record.epoch != self.epoch:
             # The history this client was reading is gone: it must refetch.
             self.epoch, self.floor = record.epoch, record.offset - 1
-            self._put(resync_frame(Position(record.epoch, self.floor), "history_lost"))
+            self._put(
+                resync_frame(Position(record.epoch, self.floor), ResyncReason.HISTORY_LOST)
+            )
         if record.offset <= self.floor:
             return True
         if record.offset != self.floor + 1:
             return False
         self.floor = record.offset
-        self._put(frame)
+        self._put(frame, framed)
         return True
 
     def catch_up(self, replay: Replay) -> None:
-        if replay.resync is not None:
-            self._put(resync_frame(replay.head, replay.resync))
-            self.epoch, self.floor = replay.head.epoch, replay.head.offset
+        """Apply a history read made from an earlier position of this stream.
+
+        Live records may have moved the stream on while the read was in flight,
+        even into a new epoch (``offer`` announced that with a resync), so a read
+        is applied only as far as it is news: within an epoch the position only
+        moves forward, and an epoch is announced once.
+        """
+        head = replay.head
+        if replay.resync is None:
+            # Records after the position read from, in the head's epoch; those
+            # of an epoch the stream has left are of no use to it.
+            if head.epoch == self.epoch:
+                fresh = [r for r in replay.records if r.offset > self.floor]
+                self._put_history(fresh)
+                if fresh:
+                    self.floor = fresh[-1].offset
             return
-        fresh = [r for r in replay.records if r.epoch == self.epoch and r.offset > self.floor]
-        self._put_history(fresh)
-        if replay.records:
-            self.floor = max(self.floor, replay.records[-1].offset)
+        if head.epoch != self.epoch:
+            if replay.resync == ResyncReason.UNKNOWN_EPOCH:
+                # The history moved to an epoch this stream has not heard of.
+                self._put(resync_frame(head, replay.resync))
+                self.epoch, self.floor = head.epoch, head.offset
+            # Otherwise the read was about an epoch the stream has since left.
+            return
+        if replay.resync == ResyncReason.UNKNOWN_EPOCH:
+            # Read from an older epoch, but live records already brought the
+            # stream into the head's epoch, with its resync.  Records up to the
+            # head that it lacks are still on their way through pub/sub; a lost
+            # one shows as a hole or a reconnect, and both read again.
+            return
+        # Records after the stream's position are gone (expired), or the
+        # history is behind it: only a refetch helps.
+        floor = max(self.floor, head.offset)
+        self._put(resync_frame(Position(head.epoch, floor), replay.resync))
+        self.floor = floor
 
     def keepalive(self) -> None:
-        self._put(KEEPALIVE)
+        self._put(KEEPALIVE, KEEPALIVE_CHUNK)
 
-    def close(self, reason: str, flush: bool = True) -> None:
+    def attach(self, transport: asyncio.WriteTransport | None) -> None:
+        """The socket under the ASGI server, when it exposes it: a stalled client
+        can then be aborted once the stream is closed."""
+        if isinstance(self.outlet, QueueOutlet):
+            self.outlet.transport = transport
+
+    def serve_on(self, outlet: SocketOutlet, preamble: bytes) -> None:
+        """From now on write straight to the socket, starting with the preamble and
+        whatever was queued while the stream opened."""
+        queued = self.outlet
+        self.outlet = outlet
+        if isinstance(queued, QueueOutlet):
+            outlet.write(preamble + (queued.take() or b""))
+        if self.reason is not None:
+            outlet.close(closing_frame(self.reason), flush=False)
+
+    def close(self, reason: CloseReason, flush: bool = True) -> None:
+        """End the stream (once); ``flush=False`` drops what is still queued.  The
+        slot is released at once either way."""
         if self.reason is not None:
             return
         self.reason = reason
-        self._flush = flush
-        if not flush:
-            self._frames.clear()
-        self._wake()
-
-    def take(self) -> bytes | None:
-        """Everything queued as one chunk (one write), or None when empty."""
-        frames = self._frames
-        if not frames:
-            return None
-        chunk = frames[0] if len(frames) == 1 else b"".join(frames)
-        frames.clear()
-        self._history = 0
-        return chunk
-
-    async def wait(self) -> None:
-        if self._frames or self.reason is not None:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+        self.outlet.close(closing_frame(reason), flush)
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self)
 
     def _put_history(self, records: list[Record]) -> None:
         if self.reason is not None or not records:
             return
-        self._frames.extend(sse.encode_message(str(r.position), r.data) for r in records)
-        self._history += len(records)
+        self.outlet.put_history([sse.encode_message(str(r.position), r.data) for r in records])
         self.active = True
-        self._wake()
 
-    def _put(self, frame: bytes) -> None:
+    def _put(self, frame: bytes, framed: bytes | None = None) -> None:
         if self.reason is not None:
             return
-        if len(self._frames) - self._history >= self._limit:
+        if not self.outlet.put(frame, framed):
+            frames, unsent = self.outlet.backlog
             logger.warning(
-                "disconnecting a stream of user %s: slow_consumer (%d frames queued)",
-                self.user_id,
-                len(self._frames),
+                "disconnecting a stream of user %s: %s (%d frames, %d bytes unsent)",
+                escape(self.user_id), CloseReason.SLOW_CONSUMER, frames, unsent,
             )
-            self.close("slow_consumer", flush=False)
+            self.close(CloseReason.SLOW_CONSUMER, flush=False)
             return
-        self._frames.append(frame)
         self.active = True
-        self._wake()
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+
+def closing_frame(reason: str) -> bytes:
+    return sse.encode_comment(f"closing: {reason}")

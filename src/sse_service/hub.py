@@ -5,6 +5,12 @@ to bytes once and the same bytes are offered to every stream of its user.
 One ticker serves every stream (keepalives, token expiry), so an idle stream
 costs no timer of its own.  Connection limits and the shutdown drain live
 here too.
+
+A stream holds a slot (``count``, what the limits and ``/readyz`` see) from
+:meth:`Hub.open` until it is closed for any reason, and a socket
+(``sockets``) until its writer is done (:meth:`Hub.close`).  A stream cut
+while its client is stalled frees its slot at once, whatever its writer is
+waiting for.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from . import sse
 from .broker import Broker, Position, Record
 from .config import Settings
 from .connection import Connection
-from .errors import BackendUnavailable, CapacityError, UserLimitError
+from .errors import BackendUnavailable, CapacityError, CloseReason, UserLimitError
+from .outlet import FLUSH_SECONDS, chunk
 
 __all__ = ["Hub"]
 
@@ -31,6 +38,7 @@ class Hub:
         self._broker = broker
         self._keepalive = settings.keepalive_seconds
         self._queue_size = settings.queue_size
+        self.queue_bytes = settings.queue_bytes
         self._max_total = settings.max_connections
         self._max_per_user = settings.max_connections_per_user
         self._users: dict[str, set[Connection]] = {}
@@ -39,6 +47,7 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self.count = 0
+        self.sockets = 0
         self.draining = False
 
     # -- lifecycle -----------------------------------------------------------
@@ -46,9 +55,8 @@ class Hub:
         self._ticker = asyncio.create_task(self._tick_forever(), name="sse-hub-ticker")
 
     async def stop(self) -> None:
-        for conns in self._users.values():
-            for conn in conns:
-                conn.close("server_shutdown")
+        for conn in [conn for conns in self._users.values() for conn in conns]:
+            conn.close(CloseReason.SERVER_SHUTDOWN)
         tasks = [t for t in (self._ticker, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -62,14 +70,15 @@ class Hub:
         batches = max(1, min(len(conns), int(window * 20)))
         for index in range(batches):
             for conn in conns[index::batches]:
-                conn.close("server_shutdown")
+                conn.close(CloseReason.SERVER_SHUTDOWN)
             if index + 1 < batches:
                 await asyncio.sleep(window / batches)
+        # The last batch gets its flush time; a stalled client is aborted by then.
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(1.0, window)
-        while self.count and loop.time() < deadline:
+        deadline = loop.time() + FLUSH_SECONDS + 0.5
+        while self.sockets and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        logger.info("drained: %d streams still open", self.count)
+        logger.info("drained: %d sockets still open", self.sockets)
 
     # -- streams ---------------------------------------------------------------
     async def open(
@@ -84,10 +93,12 @@ class Hub:
         if conns is not None and len(conns) >= self._max_per_user:
             raise UserLimitError(f"more than {self._max_per_user} streams for this user")
         conn = Connection(
-            user_id, deadline, self._queue_size, asyncio.get_running_loop().time()
+            user_id, deadline, self._queue_size, asyncio.get_running_loop().time(),
+            byte_limit=self.queue_bytes, on_close=self._release,
         )
         self._users.setdefault(user_id, set()).add(conn)
         self.count += 1
+        self.sockets += 1
         try:
             await self._subscribed(user_id)
             replay = await self._broker.replay(user_id, after)
@@ -99,7 +110,12 @@ class Hub:
         return conn
 
     def close(self, conn: Connection) -> None:
-        conn.close("closed")
+        """The stream's writer is done (called once per :meth:`open`)."""
+        conn.close(CloseReason.CLOSED)
+        self.sockets -= 1
+
+    def _release(self, conn: Connection) -> None:
+        """Free the slot of a stream that was closed, for any reason."""
         conns = self._users.get(conn.user_id)
         if conns is None or conn not in conns:
             return
@@ -116,9 +132,11 @@ class Hub:
         if not conns:
             return
         frame = sse.encode_message(str(record.position), record.data)
+        framed = chunk(frame)
         complete = True
-        for conn in conns:
-            complete = conn.offer(record, frame) and complete
+        # A copy: a stream cut as a slow consumer leaves the set at once.
+        for conn in tuple(conns):
+            complete = conn.offer(record, frame, framed) and complete
         if not complete:
             self._catch_up_later(record.user_id)
 
@@ -189,9 +207,9 @@ class Hub:
             await asyncio.sleep(period)
             now = loop.time()
             for conns in list(self._users.values()):
-                for conn in conns:
+                for conn in tuple(conns):
                     if conn.deadline is not None and now >= conn.deadline:
-                        conn.close("token_expired")
+                        conn.close(CloseReason.TOKEN_EXPIRED)
                     elif conn.active:
                         conn.active = False
                         conn.idle_since = now

@@ -4,7 +4,12 @@ uvicorn alone stops listening at once and then waits forever for endless
 streams.  :class:`DrainingServer` first marks the service not ready and
 closes streams over ``SSE_DRAIN_SECONDS`` (clients reconnect to other
 replicas), and only then lets uvicorn shut down.  A second signal skips the
-drain.
+drain, a third stops at once.  A signal is the way this process is meant to
+end, so after a clean shutdown it exits 0 (uvicorn would raise the signal
+again, turning SIGTERM into exit status -15 and Ctrl+C into a traceback).
+
+Connections are served by :class:`~sse_service.protocol.BoundedHttpProtocol`
+(uvicorn's httptools protocol with bounded request heads).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import uvicorn
 from .app import Application
 from .config import Settings
 from .logs import log_config
+from .protocol import bounded_protocol
 
 __all__ = ["DrainingServer", "serve"]
 
 logger = logging.getLogger(__name__)
+
+_GRACEFUL_SECONDS = 3
 
 
 class DrainingServer(uvicorn.Server):
@@ -37,16 +45,22 @@ class DrainingServer(uvicorn.Server):
         await super().serve(sockets)  # type: ignore[arg-type]
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._loop is None or self._drain is not None or self.should_exit:
-            super().handle_exit(sig, frame)
-            return
-        self._loop.call_soon_threadsafe(self._start_drain, sig)
+        # Not uvicorn's handler: it records the signal to raise it again on exit.
+        if self.should_exit:
+            self.force_exit = True
+        elif self._loop is None or self._drain is not None:
+            self.should_exit = True
+        else:
+            self._loop.call_soon_threadsafe(self._start_drain)
 
-    def _start_drain(self, sig: int) -> None:
-        if self._drain is not None:
+    def _start_drain(self) -> None:
+        if self._drain is not None or self.should_exit:
             return
         self._drain = asyncio.ensure_future(self._app.drain())
-        self._drain.add_done_callback(lambda _: super(DrainingServer, self).handle_exit(sig, None))
+        self._drain.add_done_callback(self._drained)
+
+    def _drained(self, _: asyncio.Future[None]) -> None:
+        self.should_exit = True
 
 
 def serve(settings: Settings) -> None:
@@ -63,12 +77,20 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=bounded_protocol(
+            settings, app.stream if settings.stream_path == "socket" else None
+        ),
         ws="none",
         lifespan="on",
         log_config=log_config(settings.log_level),
         access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
+        # After the drain only ordinary requests are left; a stalled one is
+        # cancelled rather than holding the exit.
+        timeout_graceful_shutdown=_GRACEFUL_SECONDS,
         backlog=4096,
     )
-    DrainingServer(config, app).run()
+    try:
+        DrainingServer(config, app).run()
+    except KeyboardInterrupt:
+        # Ctrl+C before the server installed its handlers (during start-up).
+        logger.info("interrupted during start-up")

@@ -1,9 +1,17 @@
-"""``GET /events``: the stream, as a plain ASGI endpoint.
+"""``GET /events``: what a stream request is answered, on either stream path.
 
-It is deliberately not an ``EventSourceResponse``: per stream it costs one
-coroutine, one small disconnect watcher and a :class:`Connection`; keepalives
-and expiry come from the hub's single ticker.  The writer sends everything
-queued as one chunk, so a burst costs one write, not one per event.
+:meth:`StreamEndpoint.respond` turns a request's method, headers and query
+into either an opened :class:`Connection` or a complete :class:`Response`
+(401, 429, 503, 405, the CORS preflight), with no I/O of its own.  Two paths
+serve it:
+
+* the socket path (:mod:`.socket_stream`), under ``sse-service serve``: the
+  HTTP protocol takes the request over and the hub's fan-out writes frames
+  straight to the transport;
+* the portable ASGI endpoint, :meth:`StreamEndpoint.__call__`, for any other
+  ASGI server (``uvicorn --factory sse_service.app:create_app``, hypercorn): one
+  writer coroutine per stream sends whatever is queued as one chunk, and one
+  small watcher notices the client leaving.
 """
 
 from __future__ import annotations
@@ -12,7 +20,8 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
@@ -22,21 +31,45 @@ from .auth import Authenticator
 from .broker import Position
 from .config import Settings
 from .connection import Connection
-from .errors import AuthError, CapacityError, ServiceError
+from .errors import AuthError, CapacityError, CloseReason, ResyncReason, ServiceError
 from .hub import Hub
+from .outlet import QueueOutlet
 
-__all__ = ["COOKIE_NAME", "StreamEndpoint", "cors_headers"]
+__all__ = [
+    "COOKIE_NAME",
+    "STREAM_HEADERS",
+    "TRANSPORT_EXTENSION",
+    "Response",
+    "StreamEndpoint",
+    "cors_headers",
+]
 
 COOKIE_NAME = "sse_token"
+#: Where :mod:`.protocol` puts the transport in an ASGI scope (not a standard
+#: extension: ours, read only by this endpoint).
+TRANSPORT_EXTENSION = "sse_service.transport"
 
-_STREAM_HEADERS = [
+Headers = list[tuple[bytes, bytes]]
+
+STREAM_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
+#: Request headers the stream reads; every other one is ignored.
+WANTED = frozenset({b"authorization", b"cookie", b"last-event-id", b"origin"})
 
 
-def cors_headers(origin: str | None, allowed: Iterable[str]) -> list[tuple[bytes, bytes]]:
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete, small response: a refusal or the preflight."""
+
+    status: int
+    headers: Headers
+    body: bytes = b""
+
+
+def cors_headers(origin: str | None, allowed: Iterable[str]) -> Headers:
     """Credentialed CORS for an allowed origin (never ``*``: cookies need the exact origin)."""
     if origin is None or origin not in allowed:
         return []
@@ -50,82 +83,98 @@ def cors_headers(origin: str | None, allowed: Iterable[str]) -> list[tuple[bytes
 
 class StreamEndpoint:
     def __init__(self, hub: Hub, auth: Authenticator, settings: Settings) -> None:
-        self._hub = hub
+        self.hub = hub
         self._auth = auth
         self._retry_ms = settings.retry_ms
         self._allow_query_token = settings.allow_query_token
         self._origins = frozenset(settings.cors_origins)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {
-            k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED
-        }
+    async def respond(
+        self, method: str, headers: Mapping[str, str], query_string: bytes
+    ) -> tuple[Connection | Response, Headers]:
+        """The opened stream (and the CORS headers of its response), or the answer."""
         cors = cors_headers(headers.get("origin"), self._origins)
-        if scope["method"] == "OPTIONS":
-            await self._preflight(send, cors)
-            return
-        if scope["method"] != "GET":
-            await _send_json(send, 405, {"detail": "use GET"}, [(b"allow", b"GET, OPTIONS")])
-            return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if method == "OPTIONS":
+            return _preflight(cors), cors
+        if method != "GET":
+            return _json(405, "use GET", [(b"allow", b"GET, OPTIONS")]), cors
+        query = parse_qs(query_string.decode("latin-1"))
         try:
-            conn = await self._open(headers, query)
+            return await self._open(headers, query), cors
         except ServiceError as exc:
             extra = list(cors)
             if isinstance(exc, AuthError):
                 extra.append((b"www-authenticate", b'Bearer error="invalid_token"'))
             if isinstance(exc, CapacityError):
                 extra.append((b"retry-after", str(exc.retry_after).encode()))
-            await _send_json(send, exc.status_code, {"detail": exc.reason}, extra)
-            return
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, conn))
-        try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": _STREAM_HEADERS + cors})
-            await self._write(send, conn)
-        finally:
-            watcher.cancel()
-            self._hub.close(conn)
+            return _json(exc.status_code, exc.reason, extra), cors
 
-    async def _open(self, headers: dict[str, str], query: dict[str, list[str]]) -> Connection:
+    def preamble(self) -> bytes:
+        # Jitter spreads the reconnects of a whole deploy over a few seconds.
+        retry = int(self._retry_ms * random.uniform(0.75, 1.25))
+        return sse.encode_retry(retry) + b": connected\n\n"
+
+    async def _open(self, headers: Mapping[str, str], query: dict[str, list[str]]) -> Connection:
         token = _bearer(headers.get("authorization")) or _cookie(headers.get("cookie"))
         if not token and self._allow_query_token:
             token = query.get("token", [""])[0]
         identity = await self._auth.authenticate(token)
         last_id = headers.get("last-event-id") or query.get("lastEventId", [""])[0]
         after = Position.parse(last_id) if last_id else None
-        resync = "invalid_id" if last_id and after is None else None
+        resync = ResyncReason.INVALID_ID if last_id and after is None else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (identity.expires_at - time.time())
-        return await self._hub.open(identity.user_id, deadline, after, resync)
+        return await self.hub.open(identity.user_id, deadline, after, resync)
+
+    # -- the portable ASGI endpoint ----------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in WANTED}
+        result, cors = await self.respond(
+            scope["method"], headers, scope.get("query_string", b"")
+        )
+        if isinstance(result, Response):
+            await send({"type": "http.response.start", "status": result.status,
+                        "headers": result.headers})
+            await send({"type": "http.response.body", "body": result.body})
+            return
+        conn = result
+        conn.attach(scope.get("extensions", {}).get(TRANSPORT_EXTENSION))
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, conn))
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": STREAM_HEADERS + cors})
+            await self._write(send, conn)
+        finally:
+            watcher.cancel()
+            self.hub.close(conn)
 
     async def _write(self, send: Send, conn: Connection) -> None:
-        # Jitter spreads the reconnects of a whole deploy over a few seconds.
-        retry = int(self._retry_ms * random.uniform(0.75, 1.25))
-        chunk: bytes | None = sse.encode_retry(retry) + b": connected\n\n" + (conn.take() or b"")
-        while chunk is not None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            chunk = conn.take()
-            if chunk is None and not conn.closed:
-                await conn.wait()
-                chunk = conn.take()
-        await send({
-            "type": "http.response.body",
-            "body": sse.encode_comment(f"closing: {conn.reason}"),
-            "more_body": False,
-        })
-
-    async def _preflight(self, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
-        extra = cors + [
-            (b"access-control-allow-methods", b"GET, OPTIONS"),
-            (b"access-control-allow-headers", b"authorization, last-event-id, cache-control"),
-            (b"access-control-max-age", b"600"),
-        ] if cors else []
-        await send({"type": "http.response.start", "status": 204, "headers": extra})
-        await send({"type": "http.response.body", "body": b""})
+        outlet = conn.outlet
+        assert isinstance(outlet, QueueOutlet)
+        data = self.preamble() + (outlet.take() or b"")
+        while not conn.closed:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            await outlet.wait()
+            data = outlet.take() or b""
+        # The outlet queued the closing frame when the stream was closed.
+        await send({"type": "http.response.body", "body": data + (outlet.take() or b""),
+                    "more_body": False})
 
 
-_WANTED = frozenset({b"authorization", b"cookie", b"last-event-id", b"origin"})
+def _preflight(cors: Headers) -> Response:
+    extra = cors + [
+        (b"access-control-allow-methods", b"GET, OPTIONS"),
+        (b"access-control-allow-headers", b"authorization, last-event-id, cache-control"),
+        (b"access-control-max-age", b"600"),
+    ] if cors else []
+    return Response(204, extra)
+
+
+def _json(status: int, detail: str, extra: Headers) -> Response:
+    payload = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(payload)).encode()), *extra]
+    return Response(status, headers, payload)
 
 
 def _bearer(value: str | None) -> str | None:
@@ -146,14 +195,4 @@ def _cookie(value: str | None) -> str | None:
 async def _watch_disconnect(receive: Receive, conn: Connection) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-    conn.close("client_disconnected", flush=False)
-
-
-async def _send_json(
-    send: Send, status: int, body: dict[str, str], extra: list[tuple[bytes, bytes]]
-) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(payload)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+    conn.close(CloseReason.CLIENT_DISCONNECTED, flush=False)

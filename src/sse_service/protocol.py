@@ -1,0 +1,219 @@
+"""uvicorn's httptools protocol with the bounds a public endpoint needs.
+
+uvicorn's own protocol reads a request head for as long as a client cares to
+send it, and as large as it likes: one connection could hold hundreds of
+megabytes of header, and a few hundred slow ones (slowloris) hold their
+sockets for good.  :class:`BoundedHttpProtocol` is handed to uvicorn through
+its public ``http=`` hook and adds, per connection:
+
+* a head budget (``SSE_MAX_HEADER_BYTES``): bytes of request line and headers
+  are counted as they arrive, before the parser buffers them; past the budget
+  the client gets ``431`` and the connection is closed;
+* a head deadline (``SSE_HEADER_TIMEOUT_SECONDS``): from the connection's first
+  moment, and from the first byte of every later request on it, the whole head
+  must arrive in time or the connection gets ``408`` and is closed;
+* the transport, offered to the application in the ASGI scope under
+  ``scope["extensions"]["sse_service.transport"]``, so a stream on the ASGI
+  path can abort a client that stopped reading.
+
+With a stream endpoint bound (``sse-service serve`` with the default
+``SSE_STREAM_PATH=socket``), a ``GET /events`` that arrives on an otherwise
+idle connection is taken over at this level and served by
+:class:`~sse_service.socket_stream.SocketStream`; every other request, and a
+stream request pipelined behind another one, goes to uvicorn's request cycle
+and the application as usual.
+
+Everything else is uvicorn's, unchanged.  It relies on ``HttpToolsProtocol``'s
+parser callbacks, so the uvicorn versions it runs on are pinned in
+``pyproject.toml`` and exercised by ``tests/test_protocol.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .config import Settings
+from .socket_stream import SocketStream
+from .stream import TRANSPORT_EXTENSION, WANTED
+
+if TYPE_CHECKING:
+    from .stream import StreamEndpoint
+
+__all__ = ["BoundedHttpProtocol", "bounded_protocol"]
+
+logger = logging.getLogger(__name__)
+
+
+def _plain(status: bytes, text: bytes) -> bytes:
+    head = b"HTTP/1.1 %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+    return head % (status, len(text)) + b"connection: close\r\n\r\n" + text
+
+
+_TOO_LARGE = _plain(b"431 Request Header Fields Too Large", b"request header fields too large")
+_TIMEOUT = _plain(b"408 Request Timeout", b"request head not received in time")
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    max_head_bytes: ClassVar[int] = 32_768
+    head_timeout: ClassVar[float] = 10.0
+    #: Set to serve ``GET /events`` on the socket; None leaves it to the app.
+    stream_endpoint: ClassVar[StreamEndpoint | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Bytes received since the current head began, counted before parsing.
+        self._head_bytes = 0
+        # Exact size of the parsed head (request line and headers).
+        self._head_size = 0
+        self._in_head = True
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        stream = self.cycle
+        if isinstance(stream, SocketStream):
+            stream.lost()
+        super().connection_lost(exc)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        stream = self.cycle
+        if isinstance(stream, SocketStream):
+            stream.drained()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # The parser buffers an unfinished head: stop it one read past the budget
+        # (a read is at most a few hundred KiB), not at whatever the client sends.
+        if self._in_head and self._head_bytes > self.max_head_bytes and not self._refused:
+            self._refuse(_TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
+
+    # -- parser callbacks ------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._refused:
+            return
+        super().on_message_begin()
+        self._in_head = True
+        self._head_size = 0
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        if self._refused:
+            return
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_head = False
+        self._head_bytes = 0
+        self._cancel_head_timer()
+        if self._head_size > self.max_head_bytes:
+            self._refuse(_TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
+            return
+        if self.stream_endpoint is not None and self._take_over_stream():
+            return
+        # Not a standard ASGI extension: ours, read only by the stream endpoint.
+        self.scope["extensions"] = {TRANSPORT_EXTENSION: self.transport}  # type: ignore[dict-item]
+        super().on_headers_complete()
+
+    def _take_over_stream(self) -> bool:
+        """Serve a stream request here when nothing else is in flight on the connection."""
+        endpoint = self.stream_endpoint
+        assert endpoint is not None
+        url = httptools.parse_url(self.url)
+        if url.path != b"/events" or self.parser.should_upgrade():
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False  # pipelined behind another response: uvicorn queues it
+        http_version = self.parser.get_http_version()
+        keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
+        headers = {k.decode(): v.decode("latin-1") for k, v in self.headers if k in WANTED}
+        stream = SocketStream(self, endpoint, http_version, keep_alive)
+        self.cycle = stream  # type: ignore[assignment]
+        method = self.parser.get_method().decode("ascii")
+        task = self.loop.create_task(stream.run(method, headers, self.url, url.query or b""))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    # -- internals -------------------------------------------------------------
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A response (a live stream) is still going out; a half-sent
+            # pipelined head behind it waits until that response is done.
+            self._arm_head_timer()
+            return
+        if self._head_bytes == 0 and self.cycle is not None:
+            return  # idle between requests: uvicorn's keep-alive timeout applies
+        self._refuse(_TIMEOUT, "request head not received within %.1fs", self.head_timeout)
+
+    def _refuse(self, response: bytes, reason: str, arg: float) -> None:
+        self._refused = True
+        self._cancel_head_timer()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
+        logger.info("closing connection from %s: " + reason, client, arg)
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
+
+
+def bounded_protocol(
+    settings: Settings, stream_endpoint: StreamEndpoint | None = None
+) -> type[BoundedHttpProtocol]:
+    """The protocol class for uvicorn's ``http=``, carrying this service's bounds
+    (and, given one, the endpoint whose streams it serves on the socket)."""
+    return type(
+        "BoundedHttpProtocol",
+        (BoundedHttpProtocol,),
+        {
+            "max_head_bytes": settings.max_header_bytes,
+            "head_timeout": settings.header_timeout_seconds,
+            "stream_endpoint": stream_endpoint,
+        },
+    )
+

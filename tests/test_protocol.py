@@ -1,0 +1,130 @@
+"""The HTTP protocol's bounds: request heads are limited in size and in time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+
+from conftest import Service, cloudevent, task_event
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("stream_path")]
+
+
+async def _connect(service: Service) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", service.port)
+
+
+async def _closed_within(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything the server sent until it closed the connection."""
+    received = b""
+    async with asyncio.timeout(timeout):
+        while chunk := await reader.read(65536):
+            received += chunk
+    return received
+
+
+def _rss_kib(service: Service) -> int:
+    with open(f"/proc/{service.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def service(start_service) -> Service:
+    return start_service(max_header_bytes=16_384, header_timeout_seconds=1)
+
+
+async def test_a_head_over_the_budget_gets_431(service):
+    reader, writer = await _connect(service)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
+    reply = await _closed_within(reader, 5)
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:80]
+    writer.close()
+
+
+async def test_a_flood_of_header_bytes_is_stopped_and_not_buffered(service):
+    before = _rss_kib(service)
+    reader, writer = await _connect(service)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        # Up to 64 MiB of one header value; the server must stop us long before.
+        for _ in range(1024):
+            writer.write(b"a" * 65536)
+            await writer.drain()
+            sent += 65536
+    with contextlib.suppress(ConnectionError):
+        await _closed_within(reader, 10)
+    assert sent < 16 * 2**20, f"the server read {sent} bytes of one header"
+    assert _rss_kib(service) - before < 8 * 1024
+    writer.close()
+
+
+async def test_many_headers_over_the_budget_get_431(service):
+    reader, writer = await _connect(service)
+    headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(200))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    reply = await _closed_within(reader, 5)
+    assert reply.startswith(b"HTTP/1.1 431 ")
+    writer.close()
+
+
+async def test_a_large_head_under_the_budget_and_a_large_body_are_served(service):
+    reader, writer = await _connect(service)
+    cookie = b"c=" + b"v" * 12_000
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: " + cookie + b"\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    # A body larger than the head budget arrives in the same reads as the head.
+    task = task_event("big", 1)
+    task["task"]["blob"] = "x" * 50_000
+    reply = service.deliver(cloudevent(task))
+    assert reply.status_code == 200 and reply.json()["status"] == "SUCCESS"
+
+
+@pytest.mark.parametrize("partial", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1"])
+async def test_a_head_that_never_completes_is_closed(service, partial):
+    loop = asyncio.get_running_loop()
+    clients = [await _connect(service) for _ in range(20)]
+    started = loop.time()
+    for _, writer in clients:
+        writer.write(partial)
+    for reader, _ in clients:
+        reply = await _closed_within(reader, 5)
+        assert reply in (b"",) or reply.startswith(b"HTTP/1.1 408 ")
+    # Closed by the 1 s deadline, not by a minutes-long default.
+    assert loop.time() - started < 4
+    for _, writer in clients:
+        writer.close()
+
+
+async def test_pipelined_and_keep_alive_requests_still_work(service):
+    reader, writer = await _connect(service)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    bodies = []
+    for _ in range(2):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        bodies.append(json.loads(await reader.readexactly(length)))
+    assert bodies[0] == {"status": "ok"} and bodies[1]["status"] == "ready"
+    writer.close()
+
+
+async def test_a_live_stream_outlives_the_head_deadline(start_service, open_stream):
+    service = start_service(header_timeout_seconds=1, keepalive_seconds=0.2)
+    stream = await open_stream(service, token=service.token("long"))
+    # Ten keepalives span two seconds, twice the head deadline.
+    async with asyncio.timeout(10):
+        while stream.comments.count("keepalive") < 10:
+            assert not stream.ended.is_set(), "the stream was closed by the head deadline"
+            await asyncio.sleep(0.05)
+    service.publish("long", 7)
+    assert await stream.tasks(1) == [7]

@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
+# The demo page and its token endpoints (off unless asked for): this machine
+# only, so listen on the loopback address unless told otherwise.
 export SSE_DEMO_PAGE="${SSE_DEMO_PAGE:-true}"
+export SSE_HOST="${SSE_HOST:-127.0.0.1}"
 export SSE_JWT_SECRET="${SSE_JWT_SECRET:-dev-only-secret-change-me-0123456789}"
 PORT="${SSE_PORT:-8005}"
 TOKEN=$("$BIN/sse-service" token --user 42 --ttl 86400)

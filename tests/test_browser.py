@@ -55,7 +55,7 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 def service(start_service: Callable[..., Service]) -> Service:
     # A short retry keeps the browser's own reconnects quick.
-    return start_service(retry_ms=400)
+    return start_service(retry_ms=400, demo_page=True)
 
 
 async def open_demo(browser: Browser, base: str, query: str) -> Page:
@@ -152,14 +152,15 @@ async def test_browser_resumes_with_last_event_id_after_a_cut(
 async def test_restart_of_a_memory_service_shows_resync_then_new_events(
     browser: Browser, start_service: Callable[..., Service]
 ) -> None:
-    service = start_service(retry_ms=400)
+    service = start_service(retry_ms=400, demo_page=True)
     page = await open_demo(browser, service.url, "user=42")
     await expect_status(page, "open")
     await publish(service.url, "42", 1)
     await wait_tasks(page, [1])
     service.stop(signal.SIGKILL)
     await expect_status(page, "reconnecting")
-    restarted = await asyncio.to_thread(start_service, port=service.port, retry_ms=400)
+    restarted = await asyncio.to_thread(start_service, port=service.port, retry_ms=400,
+                                        demo_page=True)
     await expect(page.locator("#resync")).to_be_visible(timeout=WAIT_MS)
     await expect(page.locator("#resync-reason")).to_have_text("unknown_epoch")
     await expect_status(page, "open")
@@ -172,7 +173,7 @@ async def test_restart_with_redis_loses_nothing(
     redis_server: Callable[..., RedisServer],  # noqa: F811
 ) -> None:
     redis = redis_server()
-    settings = {"retry_ms": 400, "backend": "redis", "redis_url": redis.url}
+    settings = {"retry_ms": 400, "backend": "redis", "redis_url": redis.url, "demo_page": True}
     service = start_service(**settings)
     proxy = await CuttableProxy(service.port).start()
     try:
@@ -200,7 +201,7 @@ async def test_restart_with_redis_loses_nothing(
 async def test_expired_token_is_replaced_without_losing_events(
     browser: Browser, start_service: Callable[..., Service]
 ) -> None:
-    service = start_service(retry_ms=400, jwt_leeway_seconds=0)
+    service = start_service(retry_ms=400, jwt_leeway_seconds=0, demo_page=True)
     page = await (await browser.new_context()).new_page()
     mints: list[Request] = []
     refresh = asyncio.Event()
@@ -340,10 +341,11 @@ async def test_demo_cookie_login_streams_without_a_token_in_the_url(
 
 
 async def test_demo_routes_follow_the_settings(start_service: Callable[..., Service]) -> None:
-    on = start_service()
-    off = start_service(demo_page=False)
+    on = start_service(demo_page=True)
+    off = start_service()
     # No HS256 secret (keys from a JWKS URL only): the page, but nothing that mints.
-    no_secret = start_service(jwt_secret="", jwks_url="http://127.0.0.1:9/jwks.json")
+    no_secret = start_service(demo_page=True, jwt_secret="",
+                              jwks_url="http://127.0.0.1:9/jwks.json")
     async with httpx.AsyncClient(timeout=10) as http:
         page = await http.get(f"{on.url}/")
         assert page.status_code == 200 and 'data-mint="true"' in page.text
@@ -369,7 +371,7 @@ async def test_refresh_before_any_event_resumes_from_the_ready_position(
     # The token expires before any event: the client's own reconnect (with a
     # fresh token) resumes from the position of the stream's `ready` frame, so
     # an event published while it fetched the token arrives, and no refetch.
-    service = start_service(retry_ms=400, jwt_leeway_seconds=0)
+    service = start_service(retry_ms=400, jwt_leeway_seconds=0, demo_page=True)
     page = await (await browser.new_context()).new_page()
     mints: list[Request] = []
     refreshing = asyncio.Event()

@@ -424,7 +424,13 @@ def test_dev_overlay_shape(renders: dict[str, list[dict[str, Any]]]) -> None:
     assert _deployment(docs)["spec"].get("replicas", 1) == 1
     assert not _of_kind(docs, "HorizontalPodAutoscaler")
     assert _setting(docs, "backend") == "memory"
-    assert str(_setting(docs, "demo_page")).lower() == "true"
+
+
+def test_demo_page_is_off_in_every_overlay(docs: list[dict[str, Any]]) -> None:
+    # The demo's token endpoints trust loopback peers, and daprd in the same
+    # pod relays service invocations from any app over loopback: beside a
+    # sidecar no address check can tell a caller in the mesh from the laptop.
+    assert str(_setting(docs, "demo_page")).lower() == "false"
 
 
 def test_prod_overlay_shape(renders: dict[str, list[dict[str, Any]]]) -> None:

@@ -29,7 +29,7 @@ from .demo import demo_router
 from .errors import BackendUnavailable
 from .hub import Hub
 from .ingest import Ingest, dapr_router
-from .logs import RedactTokens
+from .logs import install_filter
 from .stream import StreamEndpoint
 
 __all__ = ["Application", "create_app", "create_broker"]
@@ -83,7 +83,8 @@ class Application:
 
     @asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
-        _ensure_redaction(logging.getLogger("uvicorn.access"))
+        # Under plain uvicorn no handler of ours escapes and masks log lines.
+        install_filter("uvicorn", "uvicorn.access")
         await self.broker.start(self.hub)
         await self.hub.start()
         logger.info("sse-service ready: backend=%s", self.settings.backend)
@@ -117,13 +118,6 @@ class Application:
         if STATIC_DIR.is_dir():
             api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         return api
-
-
-def _ensure_redaction(logger: logging.Logger) -> None:
-    """Under plain ``uvicorn`` the access log has no filter of ours; add one once."""
-    filters = [*logger.filters, *(f for h in logger.handlers for f in h.filters)]
-    if not any(isinstance(f, RedactTokens) for f in filters):
-        logger.addFilter(RedactTokens())
 
 
 def create_app(settings: Settings | None = None) -> Application:

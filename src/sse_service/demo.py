@@ -4,14 +4,20 @@ The page itself is harmless: it is ``static/demo.html`` driving
 ``static/sse-client.js``.  ``POST /demo/token`` and ``POST /demo/session``
 are not: they sign a token for whatever user the caller names, with the
 service's own HS256 secret.  They exist only while ``SSE_DEMO_PAGE`` is on
-and such a secret is configured, and they answer only clients on the
-loopback interface (a laptop, ``kubectl port-forward``), never traffic that
-came through an ingress.  A production deployment turns the demo off
-(``SSE_DEMO_PAGE=false``) and lets its real auth backend issue tokens.
+(it is off by default) and such a secret is configured, and they answer only
+a request whose socket peer is a loopback address and that carries no
+forwarding header.
+
+That check cannot see through a proxy on the same host: one that connects
+from a loopback address and adds no forwarding header (a sidecar, Dapr's
+service invocation, a local reverse proxy) makes every caller behind it look
+local.  Hence the demo stays off wherever such a proxy runs beside the
+service, which is every pod with a Dapr sidecar.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from importlib.resources import files
 from typing import Literal
 
@@ -23,7 +29,7 @@ from .auth import mint_token
 from .config import Settings
 from .stream import COOKIE_NAME
 
-__all__ = ["TokenRequest", "demo_router"]
+__all__ = ["FORWARDING_HEADERS", "TokenRequest", "demo_router", "is_loopback"]
 
 #: The longest token the demo hands out: long enough for an afternoon, short
 #: enough that a leaked one is not a standing credential.
@@ -40,13 +46,37 @@ class SessionRequest(TokenRequest):
     same_site: Literal["lax", "strict", "none"] = "lax"
 
 
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+#: Headers a proxy adds to say whom it forwards for.  A request carrying any
+#: of them came through a proxy, whatever its peer address, and uvicorn may
+#: already have replaced the peer address in the scope with what they claim.
+FORWARDING_HEADERS = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"}
+)
+_REFUSED = "development tokens are only minted for local clients"
+
+
+def is_loopback(host: str) -> bool:
+    """True for an IP address in 127.0.0.0/8, ``::1`` or ``::ffff:127.x``; not for names."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def _local_only(request: Request) -> None:
-    host = request.client.host if request.client else ""
-    if host not in _LOOPBACK and not host.startswith("127."):
-        raise HTTPException(403, "development tokens are only minted for local clients")
+    # Some proxies spell header names with underscores.
+    names = {name.replace("_", "-") for name in request.headers}
+    forwarded = sorted(names & FORWARDING_HEADERS)
+    if forwarded:
+        raise HTTPException(403, f"{_REFUSED}: the request came through a proxy ({forwarded[0]})")
+    # The peer of the socket, as the server read it (no forwarding header
+    # means nothing rewrote it).
+    client = request.scope.get("client")
+    if not client or not is_loopback(str(client[0])):
+        raise HTTPException(403, f"{_REFUSED}: the peer address is not a loopback address")
 
 
 def can_mint(settings: Settings) -> bool:

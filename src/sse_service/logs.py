@@ -1,21 +1,48 @@
-"""Logging set-up: one format, and no token ever reaches a log line.
+"""Logging set-up: one format, one line per record, and no token in any line.
 
 Browsers that cannot send headers put the token in ``?token=``; uvicorn's
-access log prints the whole request line, so a filter masks the value first.
+access log prints the whole request line, so the value is masked first.
+
+Every value a caller logs that came from outside goes through :func:`escape`
+at the call site.  :class:`SafeRecords` is the net under those call sites,
+for uvicorn's own records (the access log's client address and path) and for
+anything a call site missed: it masks tokens, escapes control characters and
+line separators and bounds the length of every string argument, and when a
+record's formatted message would still hold a line break (an exception or
+other object among the arguments) it replaces the message by its escaped text.
+Tracebacks (``exc_info``) are left as they are: they are multi-line by nature.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
-__all__ = ["RedactTokens", "escape", "log_config", "redact"]
+__all__ = [
+    "MAX_ARG_CHARS",
+    "MAX_LOGGED_CHARS",
+    "SafeRecords",
+    "escape",
+    "install_filter",
+    "log_config",
+    "redact",
+]
 
 #: The longest rendering of one untrusted value in a log line.
 MAX_LOGGED_CHARS = 200
+#: The filter's bound on one string argument.  Above the longest result of
+#: ``escape()`` (each of its 200 characters escaped to six, plus the length
+#: note), so the filter never cuts what a call site already escaped.
+MAX_ARG_CHARS = 2048
+#: The bound on a whole message the filter had to rewrite.
+MAX_MESSAGE_CHARS = 4 * MAX_ARG_CHARS
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_CLEANED = "_sse_safe"
+# uvicorn's access formatter unpacks these records' arguments itself.
+_ACCESS_LOGGER = "uvicorn.access"
 
 
 def _escape_char(match: re.Match[str]) -> str:
@@ -32,30 +59,105 @@ def escape(value: object, limit: int = MAX_LOGGED_CHARS) -> str:
     safe = _UNSAFE.sub(_escape_char, text[:limit].replace("\\", "\\\\"))
     return f"{safe}...({len(text)} chars)" if cut else safe
 
-_QUERY_PARAM = re.compile(r"(^|[?&;])([^=&;?/\s\"]+)=[^&;?\s\"]*")
+
+# A parameter name starts the text or follows a character that can end
+# whatever came before it; only the name and "=" are consumed, so a name
+# inside another parameter's value (``a=b?token=...``) is still found.
+_PARAM_NAME = re.compile(r"(?:^|(?<=[?&;\s\"'/]))([^=&?;\s\"'/]+)=")
+# The query parser ends a value at "&" only; whitespace ends the request
+# target in a request line.
+_VALUE_END = re.compile(r"[&\s]")
 _SECRET_NAMES = frozenset({"token", "access_token"})
 
 
-def _mask(match: re.Match[str]) -> str:
-    # Names are compared decoded: the app reads ``tok%65n=`` as ``token=``.
-    if unquote_plus(match.group(2)).lower() in _SECRET_NAMES:
-        return f"{match.group(1)}{match.group(2)}=***"
-    return match.group(0)
+def _is_secret(name: str) -> bool:
+    if "%" in name or "+" in name:
+        # Names are compared decoded: the app reads ``tok%65n=`` as ``token=``.
+        name = unquote_plus(name).strip().lstrip("?;&")
+    return name.lower() in _SECRET_NAMES
 
 
 def redact(text: str) -> str:
-    return _QUERY_PARAM.sub(_mask, text)
+    """``text`` with the whole value of every ``token``/``access_token``
+    parameter, up to the next ``&`` or the end of the query, masked."""
+    if "=" not in text:
+        return text
+    parts: list[str] = []
+    done = 0
+    for match in _PARAM_NAME.finditer(text):
+        if match.start() < done or not _is_secret(match.group(1)):
+            continue
+        end = _VALUE_END.search(text, match.end())
+        parts += [text[done:match.end()], "***"]
+        done = end.start() if end else len(text)
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
 
 
-class RedactTokens(logging.Filter):
-    """Masks ``token=`` query values in a record's message and arguments."""
+def _clean(text: str, limit: int) -> str:
+    """Masked, cut and escaped for one line; backslashes are left alone, so a
+    value its call site already escaped passes unchanged."""
+    head = redact(text[:limit])
+    safe = _UNSAFE.sub(_escape_char, head)
+    return f"{safe}...({len(text)} chars)" if len(text) > limit else safe
+
+
+def _plain(value: object) -> bool:
+    # What %-formatting renders from these cannot hold a line break.
+    return value is None or isinstance(value, str | int | float)
+
+
+class SafeRecords(logging.Filter):
+    """Every record made safe for one log line; see the module docstring."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.__dict__.get(_CLEANED):
+            return True
+        record.__dict__[_CLEANED] = True
+        args = record.args
+        if isinstance(args, tuple):
+            args = tuple(_clean(a, MAX_ARG_CHARS) if isinstance(a, str) else a for a in args)
+            values: tuple[object, ...] = args
+        elif isinstance(args, Mapping):
+            args = {k: _clean(v, MAX_ARG_CHARS) if isinstance(v, str) else v
+                    for k, v in args.items()}
+            values = tuple(args.values())
+        else:
+            values = ()
+        record.args = args
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+            if (len(record.msg) <= MAX_MESSAGE_CHARS and not _UNSAFE.search(record.msg)
+                    and all(_plain(v) for v in values)):
+                return True
+        if record.name == _ACCESS_LOGGER and isinstance(args, tuple):
+            record.args = tuple(a if _plain(a) else _clean(str(a), MAX_ARG_CHARS) for a in args)
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format: logging reports it itself
+            return True
+        cleaned = _clean(message, MAX_MESSAGE_CHARS)
+        if cleaned != message:
+            # Only then: handlers that group records by their template keep it.
+            record.msg, record.args = cleaned, None
         return True
+
+
+def install_filter(*names: str) -> None:
+    """Put :class:`SafeRecords` on every handler that prints the records of
+    the root logger and of ``names`` (for a process whose logging was set up
+    without :func:`log_config`, e.g. plain ``uvicorn``), once each."""
+    handlers: list[logging.Handler] = []
+    for name in ("", *names):
+        handlers += logging.getLogger(name).handlers
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for handler in handlers:
+        if not any(isinstance(f, SafeRecords) for f in handler.filters):
+            handler.addFilter(SafeRecords())
 
 
 def log_config(level: str) -> dict[str, Any]:
@@ -65,7 +167,7 @@ def log_config(level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": RedactTokens}},
+        "filters": {"safe": {"()": SafeRecords}},
         "formatters": {
             "default": {"format": fmt},
             "access": {
@@ -76,9 +178,9 @@ def log_config(level: str) -> dict[str, Any]:
         },
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "default",
-                        "filters": ["redact"], "stream": "ext://sys.stderr"},
+                        "filters": ["safe"], "stream": "ext://sys.stderr"},
             "access": {"class": "logging.StreamHandler", "formatter": "access",
-                       "filters": ["redact"], "stream": "ext://sys.stdout"},
+                       "filters": ["safe"], "stream": "ext://sys.stdout"},
         },
         "loggers": {
             "": {"handlers": ["default"], "level": level.upper()},

@@ -84,6 +84,9 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         log_config=log_config(settings.log_level),
         access_log=settings.access_log,
+        # The socket's peer is the client: a forwarding header is a claim, not a
+        # fact, and the demo's loopback check must never read one.
+        proxy_headers=False,
         # After the drain only ordinary requests are left; a stalled one is
         # cancelled rather than holding the exit.
         timeout_graceful_shutdown=_GRACEFUL_SECONDS,

@@ -1,0 +1,327 @@
+"""One record, one log line: escaping, bounds and token masking, unit and end to end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from uvicorn.logging import AccessFormatter
+
+from conftest import SECRET, Service, cloudevent, free_port, make_token, wait_healthy
+from sse_service.logs import (
+    MAX_ARG_CHARS,
+    MAX_LOGGED_CHARS,
+    SafeRecords,
+    escape,
+    install_filter,
+    log_config,
+    redact,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+# No comma: X-Forwarded-For lists split at commas.
+FORGED = "1970-01-01 00:00:00 ERROR sse_service.auth: FORGED admin login"
+# Every character str.splitlines() breaks a line at.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def one_line(text: str) -> bool:
+    return len(text.splitlines()) <= 1 and not any(c in text for c in LINE_BREAKS)
+
+
+# -- escape() -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("plain text, é, ✓", "plain text, é, ✓"),
+        ("a\r\nb", "a\\r\\nb"),
+        ("tab\there", "tab\\there"),
+        ("\x00\x1b[2J\x7f", "\\u0000\\u001b[2J\\u007f"),
+        ("\x85\u2028\u2029", "\\u0085\\u2028\\u2029"),
+        ("lone \ud800 surrogate", "lone \\ud800 surrogate"),
+        # A literal backslash-n stays distinguishable from an escaped newline.
+        ("a\\nb", "a\\\\nb"),
+        (b"\r\n", "b'\\\\r\\\\n'"),
+        (None, "None"),
+    ],
+)
+def test_escape(value, shown):
+    assert escape(value) == shown
+
+
+def test_escape_cuts_long_values_and_says_how_long_they_were():
+    assert escape("x" * 1000) == "x" * MAX_LOGGED_CHARS + "...(1000 chars)"
+    assert escape("y" * MAX_LOGGED_CHARS) == "y" * MAX_LOGGED_CHARS
+    assert escape("abcdef", limit=3) == "abc...(6 chars)"
+
+
+@given(st.text())
+def test_escape_is_always_one_bounded_encodable_line(text):
+    shown = escape(text)
+    assert one_line(shown)
+    assert len(shown) <= 6 * MAX_LOGGED_CHARS + len(f"...({len(text)} chars)")
+    shown.encode("utf-8")  # no lone surrogate left
+
+
+# -- redact() -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "masked"),
+    [
+        ('/events?token="a.b.c"', "/events?token=***"),
+        ("/events?token=;a.b.c", "/events?token=***"),
+        ("/events?token=?a.b.c", "/events?token=***"),
+        ("/events?token=%22a.b.c%22", "/events?token=***"),
+        ("/events?token=a.b.c;x=1&n=2", "/events?token=***&n=2"),
+        ("/events?access_token=a.b.c&n=1", "/events?access_token=***&n=1"),
+        ("/events?token=a&token=a.b.c", "/events?token=***&token=***"),
+        ("/events?tok%65n=a.b.c", "/events?tok%65n=***"),
+        ("/events?Access_Token=a.b.c", "/events?Access_Token=***"),
+        ("/events?n=1;token=a.b.c&m=2", "/events?n=1;token=***&m=2"),
+        ("/events?n=token=a.b.c", "/events?n=token=a.b.c"),
+        ("/events?token==a.b.c", "/events?token=***"),
+        ("/events?token=", "/events?token=***"),
+        ("/events?lastEventId=e-1", "/events?lastEventId=e-1"),
+    ],
+)
+def test_redact_masks_the_whole_value(target, masked):
+    assert redact(target) == masked
+
+
+# -- the filter ---------------------------------------------------------------------------
+
+
+def render(msg: object, *args: object, name: str = "sse_service.test",
+           formatter: logging.Formatter | None = None) -> str:
+    record = logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args or None, None)
+    assert SafeRecords().filter(record) is True
+    return (formatter or logging.Formatter("%(levelname)s %(name)s: %(message)s")).format(record)
+
+
+def test_a_crlf_in_an_argument_cannot_start_a_line():
+    line = render("dropping CloudEvent %s: %s", f"evt-1\r\n{FORGED}", "bad task")
+    assert one_line(line)
+    assert line == f"WARNING sse_service.test: dropping CloudEvent evt-1\\r\\n{FORGED}: bad task"
+
+
+def test_every_line_break_and_control_character_is_escaped():
+    line = render("user %s", "a" + LINE_BREAKS + "\x00\x1b\t\ud800" + "b")
+    assert one_line(line) and line.endswith("b")
+    line.encode("utf-8")
+
+
+def test_a_long_argument_is_cut():
+    line = render("dropping CloudEvent %s: %s", "evt-1", "unknown event_type " + "e" * 10**6)
+    assert len(line) < MAX_ARG_CHARS + 100
+    assert line.endswith(f"eee...({10**6 + 19} chars)")
+
+
+def test_what_a_call_site_escaped_passes_unchanged():
+    worst = escape("\x01" * 10 * MAX_LOGGED_CHARS)
+    assert len(worst) < MAX_ARG_CHARS
+    assert render("user %s", worst) == f"WARNING sse_service.test: user {worst}"
+    assert render("user %s", escape("a\\nb\r\n")) == "WARNING sse_service.test: user a\\\\nb\\r\\n"
+
+
+def test_objects_and_messages_with_line_breaks_are_rewritten():
+    assert render("failed: %s", ValueError(f"x\n{FORGED}")).endswith(f"failed: x\\n{FORGED}")
+    assert render(f"raw\r\n{FORGED}") == f"WARNING sse_service.test: raw\\r\\n{FORGED}"
+    assert render("%(user)s left", {"user": f"u\n{FORGED}"}).endswith(f"u\\n{FORGED} left")
+    assert render(RuntimeError("one\ntwo")) == "WARNING sse_service.test: one\\ntwo"
+
+
+def test_numbers_and_plain_text_keep_their_record():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%d streams, %.1fs, %s",
+                               (3, 1.5, "ok"), None)
+    SafeRecords().filter(record)
+    assert record.msg == "%d streams, %.1fs, %s" and record.args == (3, 1.5, "ok")
+
+
+def test_tokens_in_arguments_and_messages_are_masked():
+    token = make_token("42")
+    assert token not in render("GET %s", f"/events?token=;{token}")
+    assert token not in render(f"GET /events?token=?{token}")
+
+
+def test_the_filter_is_idempotent():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "v %s", ("\n" * 5000,), None)
+    SafeRecords().filter(record)
+    once = record.getMessage()
+    SafeRecords().filter(record)
+    assert record.getMessage() == once and one_line(once)
+
+
+def test_an_access_record_stays_one_line_for_the_access_formatter():
+    formatter = AccessFormatter('%(client_addr)s "%(request_line)s" %(status_code)s',
+                                use_colors=False)
+    token = make_token("42")
+    line = render('%s - "%s %s HTTP/%s" %d', f"1.2.3.4\x85{FORGED}:0", "GET",
+                  f"/events?token=;{token}", "1.1", 401, name="uvicorn.access",
+                  formatter=formatter)
+    assert one_line(line) and token not in line
+    assert line == f'1.2.3.4\\u0085{FORGED}:0 "GET /events?token=*** HTTP/1.1" 401 Unauthorized'
+
+
+@given(st.lists(st.text(), max_size=3))
+def test_the_filtered_message_is_always_one_line(values):
+    line = render(" ".join(["%s"] * len(values)) or "nothing", *values)
+    assert one_line(line)
+    line.encode("utf-8")
+
+
+def test_log_config_filters_both_handlers():
+    config = log_config("info")
+    (name,) = config["filters"]
+    assert config["filters"][name]["()"] is SafeRecords
+    for handler in config["handlers"].values():
+        assert handler["filters"] == [name]
+
+
+def test_install_filter_puts_the_filter_on_each_handler_once():
+    logger = logging.getLogger(f"plain.{uuid.uuid4().hex}")
+    handler = logging.StreamHandler()
+    logger.addHandler(handler)
+    touched = [*logging.getLogger().handlers, logging.lastResort, handler]
+    before = {id(h): list(h.filters) for h in touched if h is not None}
+    try:
+        install_filter(logger.name)
+        install_filter(logger.name)
+        assert sum(isinstance(f, SafeRecords) for f in handler.filters) == 1
+        for other in logging.getLogger().handlers:
+            assert sum(isinstance(f, SafeRecords) for f in other.filters) == 1
+    finally:
+        for h in touched:
+            if h is not None:
+                h.filters[:] = before[id(h)]
+        logger.removeHandler(handler)
+
+
+# -- end to end: a real service's log ---------------------------------------------------
+
+
+def raw_request(port: int, target: bytes, headers: bytes = b"") -> bytes:
+    """Send one request exactly as given; the status line of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nhost: localhost\r\n" + headers
+                     + b"connection: close\r\n\r\n")
+        answer = b""
+        while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+def marker(service: Service) -> None:
+    """Every earlier request is in the access log once this one is."""
+    done = uuid.uuid4().hex
+    assert raw_request(service.port, f"/healthz?done={done}".encode()) == b"HTTP/1.1 200 OK"
+    service.wait_for_log(done)
+
+
+def assert_not_forged(logs: str) -> None:
+    assert "FORGED" in logs, "the attempt never reached the log"
+    for line in logs.splitlines():
+        assert not line.startswith(("1970-01-01", "FORGED")), line
+    assert not any(c in logs for c in "\r\x85\u2028\u2029"), "a raw line break in the log"
+
+
+def test_the_access_log_cannot_be_forged(start_service):
+    service = start_service()
+    forged = FORGED.encode()
+    attempts = [
+        (b"/healthz?x=%0d%0a" + forged.replace(b" ", b"%20"), b""),
+        (b"/he%0d%0althz%0d%0a" + forged.replace(b" ", b"%20"), b""),
+        (b"/healthz?x=\x85" + forged.replace(b" ", b"+"), b""),
+        (b"/healthz", b"x-forwarded-for: 1.2.3.4\x85" + forged + b"\r\n"),
+        (b"/healthz", b"x-forwarded-for: 1.2.3.4\xe2\x80\xa8" + forged + b"\r\n"),
+    ]
+    for target, headers in attempts:
+        raw_request(service.port, target, headers)
+    marker(service)
+    assert_not_forged(service.logs())
+
+
+def test_a_cloudevent_id_cannot_forge_a_line_nor_a_huge_value_a_huge_line(start_service):
+    service = start_service(max_event_bytes=4_000_000)
+    bad = {"event_type": "task.created", "user_id": "42", "task": [1]}
+    reply = service.deliver(cloudevent(bad, event_id=f"evt-1\r\n{FORGED}"))
+    assert reply.json()["status"] == "DROP"
+    big = uuid.uuid4().hex
+    huge = {"event_type": "e" * 1_000_000, "user_id": "42", "task": {}}
+    reply = service.deliver(cloudevent(huge, event_id=big))
+    assert reply.json()["status"] == "DROP"
+    service.wait_for_log(big)
+    logs = service.logs()
+    assert_not_forged(logs)
+    assert max(len(line) for line in logs.splitlines()) < 8 * MAX_ARG_CHARS
+
+
+MANGLED = [
+    b'/events?token="{jwt}"',
+    b"/events?token=;{jwt}",
+    b"/events?token=?{jwt}",
+    b"/events?token=%22{jwt}%22",
+    b"/events?access_token={jwt}",
+    b"/events?token=a&token={jwt}",
+    b"/events?tok%65n={jwt}",
+    b"/events?n=1;token={jwt};x&m=2",
+]
+
+
+def assert_masked(service: Service, jwt: str) -> None:
+    for target in MANGLED:
+        status = raw_request(service.port, target.replace(b"{jwt}", jwt.encode()))
+        assert status == b"HTTP/1.1 401 Unauthorized", (target, status)
+    marker(service)
+    logs = service.logs()
+    assert logs.count("=***") >= len(MANGLED)
+    for secret in (jwt, jwt.split(".")[1], jwt.split(".")[2]):
+        assert secret not in logs
+
+
+def test_mangled_query_tokens_are_masked_in_the_access_log(start_service):
+    service = start_service()
+    # Signed with another key, so every spelling is refused, and the same shape.
+    assert_masked(service, make_token("42", secret="another-secret-" + "k" * 32))
+
+
+@pytest.fixture
+def plain_uvicorn(tmp_path: Path) -> Iterator[Service]:
+    """The app under plain ``uvicorn --factory``, with uvicorn's own log set-up."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
+    env.update({"SSE_JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1"})
+    log = Path(tempfile.mkstemp(prefix="uvicorn-", suffix=".log", dir=tmp_path)[1])
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "sse_service.app:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--no-use-colors"],
+            stdout=out, stderr=subprocess.STDOUT, env=env)
+    service = Service(f"http://127.0.0.1:{port}", port, process, log, env)
+    try:
+        wait_healthy(service.url, process, log)
+        yield service
+    finally:
+        service.stop(signal.SIGKILL)
+
+
+def test_plain_uvicorn_masks_and_escapes_its_access_log(plain_uvicorn):
+    assert_masked(plain_uvicorn, make_token("42", secret="another-secret-" + "k" * 32))
+    raw_request(plain_uvicorn.port, b"/healthz", b"x-forwarded-for: 1.2.3.4\x85" + FORGED.encode()
+                + b"\r\n")
+    marker(plain_uvicorn)
+    assert_not_forged(plain_uvicorn.logs())

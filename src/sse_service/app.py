@@ -91,6 +91,7 @@ class Application:
         try:
             yield
         finally:
+            await self.auth.close()
             await self.hub.stop()
             await self.broker.close()
 

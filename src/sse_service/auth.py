@@ -3,30 +3,55 @@
 The algorithm comes from an allow-list and decides the key source: HMAC
 algorithms only ever meet ``SSE_JWT_SECRET``, asymmetric ones only JWKS keys
 of a matching type, so an HS/RS confusion cannot verify.  ``none`` is never
-accepted.  JWKS keys are cached and refetched on an unknown ``kid`` (at most
-once every few seconds, so a flood of forged kids cannot hammer the issuer).
+accepted.  A ``sub`` (never empty) or ``kid`` must be at most 256 characters
+that UTF-8 can encode, without control characters.
+
+JWKS keys are cached by ``kid`` for ``SSE_JWKS_CACHE_SECONDS``.  The issuer is
+asked at most once per :data:`JWKS_REFETCH_SECONDS` (5 s from the end of the
+last fetch, failed or not), so forged kids cannot hammer it, and one fetch at a
+time, shared by every request that needs it.  A cached key never waits: past
+its TTL it keeps serving while a refresh runs in the background.  An unknown
+``kid`` waits for the fetch, at most :data:`JWKS_FETCH_TIMEOUT_SECONDS` (5 s, the
+bound on a whole fetch), which reads at most :data:`JWKS_MAX_BYTES` (1 MiB).  A
+failed fetch or a malformed key set is a logged warning and keeps the keys
+loaded before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 import jwt
 
-from .config import ASYMMETRIC_ALGORITHMS, SYMMETRIC_ALGORITHMS, Settings
+from .config import ASYMMETRIC_ALGORITHMS, SYMMETRIC_ALGORITHMS, Settings, redact_url
 from .errors import AuthError
+from .logs import escape
 
-__all__ = ["Authenticator", "Identity", "mint_token"]
+__all__ = ["JWKS_FETCH_TIMEOUT_SECONDS", "JWKS_MAX_BYTES", "JWKS_REFETCH_SECONDS",
+           "Authenticator", "Identity", "mint_token"]
 
 logger = logging.getLogger(__name__)
 
+#: The least time between the end of one JWKS fetch and the start of the next.
+JWKS_REFETCH_SECONDS = 5.0
+#: The longest one JWKS fetch may take (connect, headers and body together).
+JWKS_FETCH_TIMEOUT_SECONDS = 5.0
+#: The largest JWKS response read; a longer one is abandoned unread.
+JWKS_MAX_BYTES = 1 << 20
+
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
-_MIN_REFETCH_SECONDS = 5.0
+_MAX_ID_CHARS = 256
+# Control characters, line separators and surrogates: a surrogate left in a
+# decoded JSON string is a lone one, which UTF-8 cannot encode.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 #: (kty, alg or None, key) for each JWKS entry, by kid.
 _Key = tuple[str, str | None, jwt.PyJWK]
@@ -38,6 +63,10 @@ class Identity:
     expires_at: float
 
 
+class _JwksError(Exception):
+    """A JWKS response that cannot be used as a key set."""
+
+
 def mint_token(secret: str, user_id: str, ttl_seconds: int, **claims: Any) -> str:
     """A development HS256 token (``sse-service token`` and the demo page)."""
     now = int(time.time())
@@ -45,8 +74,16 @@ def mint_token(secret: str, user_id: str, ttl_seconds: int, **claims: Any) -> st
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+def _is_safe_id(value: object) -> TypeGuard[str]:
+    return (isinstance(value, str) and 0 < len(value) <= _MAX_ID_CHARS
+            and _UNSAFE.search(value) is None)
+
+
 class Authenticator:
-    def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
+    """Verifies tokens; ``clock`` times the JWKS cache and its refetch interval."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if settings.jwt_secret is None and not settings.jwks_url:
             raise ValueError("set SSE_JWT_SECRET (or BETTER_AUTH_SECRET) or SSE_JWKS_URL")
         self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
@@ -57,9 +94,11 @@ class Authenticator:
         self._leeway = settings.jwt_leeway_seconds
         self._algorithms = frozenset(settings.jwt_algorithms)
         self._http = http
+        self._clock = clock
         self._keys: dict[str, _Key] = {}
-        self._fetched_at = float("-inf")
-        self._lock = asyncio.Lock()
+        self._loaded_at = float("-inf")
+        self._tried_at = float("-inf")
+        self._fetch: asyncio.Task[None] | None = None
 
     async def authenticate(self, token: str | None) -> Identity:
         if not token:
@@ -97,9 +136,15 @@ class Authenticator:
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
         subject = claims["sub"]
-        if not isinstance(subject, str) or not subject or len(subject) > 256:
+        if not _is_safe_id(subject):
             raise AuthError("invalid subject")
         return Identity(user_id=subject, expires_at=float(claims["exp"]) + self._leeway)
+
+    async def close(self) -> None:
+        """Abandon a JWKS fetch in flight (at shutdown)."""
+        if self._fetch is not None:
+            self._fetch.cancel()
+            await asyncio.wait([self._fetch])
 
     async def _key_for(self, algorithm: str, kid: object) -> Any:
         if algorithm in SYMMETRIC_ALGORITHMS:
@@ -108,50 +153,112 @@ class Authenticator:
             return self._secret
         if algorithm not in ASYMMETRIC_ALGORITHMS or not self._jwks_url:
             raise AuthError(f"algorithm {algorithm!r} is not allowed")
-        key_type, key_algorithm, key = await self._jwk(kid if isinstance(kid, str) else "")
+        if kid is None or kid == "":
+            kid = ""
+        elif not _is_safe_id(kid):
+            raise AuthError("invalid key id")
+        key_type, key_algorithm, key = await self._jwk(kid)
         if key_type != _KEY_TYPES[algorithm[:2]] or key_algorithm not in (None, algorithm):
             raise AuthError("signing key does not match the token's algorithm")
         return key.key
 
     async def _jwk(self, kid: str) -> _Key:
-        now = time.monotonic()
-        key = self._keys.get(kid)
-        if key is not None and now - self._fetched_at < self._jwks_ttl:
+        key = self._cached(kid)
+        if key is not None:
+            if self._clock() - self._loaded_at >= self._jwks_ttl:
+                self._refresh()  # in the background: a known key never waits
             return key
-        async with self._lock:
-            now = time.monotonic()
-            stale = now - self._fetched_at >= self._jwks_ttl
-            if (kid not in self._keys or stale) and now - self._fetched_at >= _MIN_REFETCH_SECONDS:
-                await self._fetch_keys()
-        key = self._keys.get(kid)
-        if key is None and not kid and len(self._keys) == 1:
-            key = next(iter(self._keys.values()))
+        fetch = self._refresh()
+        if fetch is not None:
+            # asyncio.wait never cancels the fetch, which other requests share.
+            await asyncio.wait([fetch], timeout=JWKS_FETCH_TIMEOUT_SECONDS)
+        key = self._cached(kid)
         if key is None:
             raise AuthError("unknown signing key")
         return key
 
+    def _cached(self, kid: str) -> _Key | None:
+        key = self._keys.get(kid)
+        if key is None and not kid and len(self._keys) == 1:
+            key = next(iter(self._keys.values()))
+        return key
+
+    def _refresh(self) -> asyncio.Task[None] | None:
+        """The fetch in flight, else a new one if the refetch interval allows it."""
+        if self._fetch is None and self._clock() - self._tried_at >= JWKS_REFETCH_SECONDS:
+            self._fetch = asyncio.create_task(self._fetch_keys())
+            self._fetch.add_done_callback(self._fetched)
+        return self._fetch
+
+    def _fetched(self, _: asyncio.Task[None]) -> None:
+        # A done callback, so that it also runs for a fetch cancelled before it started.
+        self._fetch = None
+        self._tried_at = self._clock()
+
     async def _fetch_keys(self) -> None:
         assert self._jwks_url is not None
-        http = self._http or httpx.AsyncClient(timeout=5.0)
+        where = redact_url(self._jwks_url)
         try:
-            response = await http.get(self._jwks_url)
-            response.raise_for_status()
-            document = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            logger.warning("cannot fetch JWKS from %s: %s", self._jwks_url, exc)
-            self._fetched_at = time.monotonic() - self._jwks_ttl + _MIN_REFETCH_SECONDS
+            async with asyncio.timeout(JWKS_FETCH_TIMEOUT_SECONDS):
+                body = await self._download(self._jwks_url)
+            keys = _parse_jwks(body)
+        except TimeoutError:
+            reason = f"no complete answer within {JWKS_FETCH_TIMEOUT_SECONDS:g}s"
+        except (httpx.HTTPError, _JwksError) as exc:
+            reason = str(exc) or type(exc).__name__
+        except Exception:
+            logger.exception("fetching JWKS from %s failed unexpectedly", where)
             return
+        else:
+            self._keys = keys
+            self._loaded_at = self._clock()
+            logger.info("loaded %d signing keys from %s", len(keys), where)
+            return
+        logger.warning("cannot use JWKS from %s, keeping %d signing keys: %s",
+                       where, len(self._keys), escape(reason))
+
+    async def _download(self, url: str) -> bytes:
+        http = self._http or httpx.AsyncClient(timeout=JWKS_FETCH_TIMEOUT_SECONDS)
+        # Identity encoding: the size cap then bounds what is held in memory,
+        # where a small compressed chunk could inflate a thousandfold.
+        headers = {"accept": "application/json", "accept-encoding": "identity"}
+        try:
+            async with http.stream("GET", url, headers=headers) as response:
+                response.raise_for_status()
+                encoding = response.headers.get("content-encoding", "identity").lower()
+                if encoding not in ("", "identity"):
+                    raise _JwksError(f"compressed response ({encoding}) despite identity")
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > JWKS_MAX_BYTES:
+                        raise _JwksError(f"response larger than {JWKS_MAX_BYTES} bytes")
+                return bytes(body)
         finally:
             if self._http is None:
                 await http.aclose()
-        keys: dict[str, _Key] = {}
-        for data in document.get("keys", []) if isinstance(document, dict) else []:
-            try:
-                key = jwt.PyJWK(data)
-            except (jwt.PyJWTError, TypeError, ValueError) as exc:
-                logger.info("skipping JWKS key %s: %s", data.get("kid"), exc)
-                continue
-            keys[str(data.get("kid", ""))] = (str(data.get("kty")), data.get("alg"), key)
-        self._keys = keys
-        self._fetched_at = time.monotonic()
-        logger.info("loaded %d signing keys from %s", len(keys), self._jwks_url)
+
+
+def _parse_jwks(body: bytes) -> dict[str, _Key]:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _JwksError("response is not JSON") from None
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise _JwksError("not a key set: 'keys' must be a list of objects")
+    keys: dict[str, _Key] = {}
+    for entry in entries:
+        kid, algorithm = entry.get("kid", ""), entry.get("alg")
+        if not isinstance(kid, str) or not isinstance(algorithm, str | None):
+            logger.info("skipping a JWKS key: kid %s or alg %s is not a string",
+                        escape(kid), escape(algorithm))
+            continue
+        try:
+            keys[kid] = (str(entry.get("kty")), algorithm, jwt.PyJWK(entry))
+        # The entry is foreign data; whatever the parser raises only skips it.
+        except Exception as exc:
+            logger.info("skipping JWKS key %s: %s", escape(kid), escape(str(exc)))
+    if entries and not keys:
+        raise _JwksError(f"none of its {len(entries)} keys is usable")
+    return keys

@@ -126,7 +126,7 @@ class SocketOutlet:
         transport: asyncio.WriteTransport,
         chunked: bool,
         byte_limit: int,
-        on_end: Callable[[], None],
+        on_end: Callable[[bool], None],
     ) -> None:
         self._transport: asyncio.WriteTransport | None = transport
         self._chunked = chunked
@@ -165,6 +165,9 @@ class SocketOutlet:
         self._grace = 0
 
     def close(self, closing: bytes, flush: bool) -> None:
+        """Write the closing frame and end the response; ``on_end(reusable)`` is told
+        whether the connection may serve another request (not after a cut, nor
+        without chunks, where only the end of the connection ends the stream)."""
         transport, self._transport = self._transport, None
         if transport is None:
             return
@@ -172,6 +175,5 @@ class SocketOutlet:
             # Bytes already handed to the transport cannot be taken back; the
             # closing frame follows them and the socket gets its flush time.
             transport.write(chunk(closing) + b"0\r\n\r\n" if self._chunked else closing)
-            transport.close()
             abort_later(transport)
-        self._on_end()
+        self._on_end(flush and self._chunked)

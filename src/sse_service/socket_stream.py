@@ -11,9 +11,10 @@ the transport's write buffer is the stream's bounded queue.
 connection, so uvicorn's own connection handling (keep-alive, pipelined
 requests queued behind this one, disconnects, shutdown) works unchanged: it
 carries the few attributes uvicorn's protocol reads and writes on a cycle.
-A refusal (401, 429, 503, the preflight) is an ordinary response, after which
-the connection serves its next request; a stream that ends closes the
-connection.  HTTP/1.0 clients get the stream without chunked framing.
+A refusal (401, 429, 503, the preflight) or a stream that ended is an
+ordinary response, after which the connection serves its next request; a
+stream cut as a slow consumer closes the connection.  HTTP/1.0 clients get
+the stream without chunked framing, ended by the end of the connection.
 """
 
 from __future__ import annotations
@@ -128,9 +129,19 @@ class SocketStream:
         if conn is not None and isinstance(conn.outlet, SocketOutlet):
             conn.outlet.drained()
 
-    def _ended(self) -> None:
-        # The outlet wrote the closing frame and closed the transport.
+    def _ended(self, reusable: bool) -> None:
+        # The outlet wrote the closing frame (and the last chunk).
         self.response_complete = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self._endpoint.hub.close(conn)
+        protocol = self._protocol
+        if protocol.transport.is_closing():
+            return
+        if reusable and self.keep_alive:
+            protocol.on_response_complete()
+        else:
+            protocol.transport.close()
 
     def _respond(self, response: Response, method: str) -> None:
         protocol = self._protocol

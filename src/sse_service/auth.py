@@ -31,6 +31,7 @@ from typing import Any, TypeGuard
 import httpx
 import jwt
 
+from . import tokens
 from .config import ASYMMETRIC_ALGORITHMS, SYMMETRIC_ALGORITHMS, Settings, redact_url
 from .errors import AuthError
 from .logs import escape
@@ -87,6 +88,7 @@ class Authenticator:
         if settings.jwt_secret is None and not settings.jwks_url:
             raise ValueError("set SSE_JWT_SECRET (or BETTER_AUTH_SECRET) or SSE_JWKS_URL")
         self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self._secret_bytes = self._secret.encode() if self._secret is not None else b""
         self._jwks_url = settings.jwks_url
         self._jwks_ttl = settings.jwks_cache_seconds
         self._audience = settings.jwt_audience
@@ -103,42 +105,21 @@ class Authenticator:
     async def authenticate(self, token: str | None) -> Identity:
         if not token:
             raise AuthError("missing token")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise AuthError("malformed token") from None
-        algorithm = header.get("alg")
+        parsed = tokens.parse(token)
+        algorithm = parsed.header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self._algorithms:
-            raise AuthError(f"algorithm {algorithm!r} is not allowed")
-        key = await self._key_for(algorithm, header.get("kid"))
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[algorithm],
-                audience=self._audience,
-                issuer=self._issuer,
-                leeway=self._leeway,
-                options={"require": ["exp", "sub"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthError("token not yet valid") from None
-        except jwt.InvalidAudienceError:
-            raise AuthError("wrong audience") from None
-        except jwt.InvalidIssuerError:
-            raise AuthError("wrong issuer") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise AuthError(f"missing claim {exc.claim!r}") from None
-        except jwt.InvalidSignatureError:
-            raise AuthError("invalid signature") from None
-        except jwt.PyJWTError:
-            raise AuthError("invalid token") from None
-        subject = claims["sub"]
+            raise AuthError(f"algorithm {escape(repr(algorithm), 60)} is not allowed")
+        key = await self._key_for(algorithm, parsed.header.get("kid"))
+        if algorithm in SYMMETRIC_ALGORITHMS:
+            tokens.verify_hmac(parsed, algorithm, key)
+        else:
+            tokens.verify_signature(parsed, algorithm, key)
+        subject, exp = tokens.check_claims(
+            parsed, time.time(), self._leeway, self._audience, self._issuer
+        )
         if not _is_safe_id(subject):
             raise AuthError("invalid subject")
-        return Identity(user_id=subject, expires_at=float(claims["exp"]) + self._leeway)
+        return Identity(user_id=subject, expires_at=float(exp) + self._leeway)
 
     async def close(self) -> None:
         """Abandon a JWKS fetch in flight (at shutdown)."""
@@ -150,7 +131,7 @@ class Authenticator:
         if algorithm in SYMMETRIC_ALGORITHMS:
             if self._secret is None:
                 raise AuthError(f"algorithm {algorithm!r} is not allowed")
-            return self._secret
+            return self._secret_bytes
         if algorithm not in ASYMMETRIC_ALGORITHMS or not self._jwks_url:
             raise AuthError(f"algorithm {algorithm!r} is not allowed")
         if kid is None or kid == "":

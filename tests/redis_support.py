@@ -3,6 +3,9 @@
 Import the fixture into a test module (``from redis_support import redis_server``).
 Each server listens on its own free port, never on 6379, keeps nothing on
 disk, and comes back on the same port after :meth:`RedisServer.restart`.
+Only when asked (:meth:`RedisServer.snapshot`, :meth:`RedisServer.restart_saved`)
+does a server write its dump, to a file of its own (``redis-<port>.rdb``),
+and :meth:`RedisServer.restart_from` brings it back from an older one.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -35,6 +39,7 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
         self.log_path = workdir / f"redis-{port}.log"
+        self.rdb_path = workdir / f"redis-{port}.rdb"
 
     @property
     def url(self) -> str:
@@ -47,7 +52,8 @@ class RedisServer:
         assert REDIS_SERVER is not None
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                "--protected-mode", "no", *self.extra_args]
+                "--dbfilename", self.rdb_path.name, "--protected-mode", "no",
+                *self.extra_args]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         self.paused = False
@@ -106,6 +112,42 @@ class RedisServer:
         """Kill and start again, empty, on the same port."""
         self.kill()
         return self.start()
+
+    def snapshot(self) -> bytes:
+        """``SAVE`` now and return the dump: what a backup taken now restores."""
+        self.command("SAVE")
+        return self.rdb_path.read_bytes()
+
+    def restart_from(self, snapshot: bytes | None) -> RedisServer:
+        """Kill, then start on the same port from ``snapshot`` (a :meth:`snapshot`),
+        as after a restore from backup; ``None`` starts it empty."""
+        self.kill()
+        if snapshot is None:
+            self.rdb_path.unlink(missing_ok=True)
+        else:
+            self.rdb_path.write_bytes(snapshot)
+        return self.start()
+
+    def restart_saved(self) -> RedisServer:
+        """A planned restart that loses nothing: ``SHUTDOWN SAVE``, then start
+        from that dump on the same port."""
+        assert self.process is not None
+        # A bare socket: a client library would retry the connection Redis drops.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"SHUTDOWN SAVE\r\n")
+            self.process.wait(10)
+        return self.start()
+
+    def wait_for(self, check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{self.log_path.read_text()}")
+            time.sleep(0.02)
+
+    def info(self, section: str) -> dict[str, Any]:
+        with self.client() as client:
+            return dict(client.info(section))
 
     def _signal(self, sig: int) -> None:
         assert self.process is not None and self.process.poll() is None

@@ -8,7 +8,12 @@ come from ``SSE_REDIS_URL`` (``rediss://`` for TLS).
 
 Every call is bounded by ``SSE_REDIS_TIMEOUT_SECONDS``: a dead or hung server
 turns into :class:`~sse_service.errors.BackendUnavailable` within about that
-long, so a Dapr delivery is answered RETRY instead of hanging.
+long, so a Dapr delivery is answered RETRY instead of hanging.  So does a
+server out of memory: appends are refused before they run, and
+:meth:`RedisBroker.ping` (``/readyz``) names the reason.
+
+Redis 7.0 or later is required (script flags, sharded pub/sub); an older
+server makes ``ping`` fail with that reason.
 """
 
 from __future__ import annotations
@@ -21,15 +26,15 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import ConnectionError, OutOfMemoryError, RedisError, ResponseError
 from redis.typing import EncodableT
 
 from .broker import Appended, Position, Record, Replay, Sink, new_epoch
 from .config import Settings
 from .errors import BackendUnavailable
 from .redis_keys import user_keys
-from .redis_pubsub import Subscriber
-from .redis_scripts import APPEND, REPLAY
+from .redis_pubsub import Subscriber, unsupported_version
+from .redis_scripts import APPEND, PROBE, REPLAY
 
 __all__ = ["RedisBroker"]
 
@@ -40,6 +45,15 @@ _LOG_GRACE_MS = 1_000
 #: Concurrent Redis commands per process; more would only queue inside Redis.
 _POOL_SIZE = 64
 _META_GRACE_MS = 60_000
+#: How long a refused append keeps ``ping`` reporting a full Redis.  Redis is
+#: below its limit again between two deliveries (their buffers count), but
+#: daprd redelivers a refused message every 5 s: under lasting pressure a
+#: refusal is never older than that.  An append that succeeds clears it.
+_FULL_HOLD_SECONDS = 15.0
+_OUT_OF_MEMORY = (
+    "Redis is out of memory (used_memory above maxmemory): appends are refused "
+    "and deliveries answered RETRY until memory is freed"
+)
 
 
 class RedisBroker:
@@ -76,6 +90,7 @@ class RedisBroker:
         self._db = int(self._redis.connection_pool.connection_kwargs.get("db") or 0)
         self._append = self._redis.register_script(APPEND)
         self._replay = self._redis.register_script(REPLAY)
+        self._probe = self._redis.register_script(PROBE)
         # The subscriber's reads wait for pushes; its PINGs every `timeout`
         # keep them coming, so three silent periods mean a dead server.
         pubsub_pool = ConnectionPool.from_url(
@@ -88,6 +103,8 @@ class RedisBroker:
         )
         self._subscriber = Subscriber(pubsub_pool, self._db, timeout, self._where)
         self._started = False
+        #: Loop time of the newest append refused for memory, until one succeeds.
+        self._refused_at: float | None = None
 
     async def start(self, sink: Sink) -> None:
         self._subscriber.start(sink.deliver, sink.resumed)
@@ -103,6 +120,7 @@ class RedisBroker:
         reply = await self._call(
             self._append(keys=keys.keys, args=self._append_args(keys.channel, key, data))
         )
+        self._refused_at = None
         return _appended(user_id, data, reply)
 
     async def append_many(
@@ -128,7 +146,10 @@ class RedisBroker:
         failed: BackendUnavailable | None = None
         for (user_id, _, data), reply in zip(items, replies, strict=True):
             if failed is None and isinstance(reply, Exception):
-                failed = BackendUnavailable(f"Redis refused an append ({reply})")
+                self._refused(reply)
+                failed = _unavailable(reply, "Redis refused an append")
+            elif failed is None:
+                self._refused_at = None
             results.append(failed or _appended(user_id, data, reply))
         return results
 
@@ -163,17 +184,46 @@ class RedisBroker:
         await self._subscriber.unsubscribe(user_id)
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping())
+        """Ready when Redis would run an append now (it answers, is a writable
+        primary, is below ``maxmemory``), refused none for memory lately, and the
+        pub/sub connection is up."""
+        try:
+            await self._call(self._probe())
+        except BackendUnavailable as exc:
+            refusal = exc.__cause__
+            if isinstance(refusal, ResponseError) and not isinstance(refusal, OutOfMemoryError):
+                # Before Redis 7 a script with flags does not even compile.
+                info = await self._call(self._redis.info("server"))
+                reason = unsupported_version(str(info.get("redis_version", "")))
+                if reason is not None:
+                    raise BackendUnavailable(reason) from exc
+            raise
+        refused = self._refused_at
+        if refused is not None and asyncio.get_running_loop().time() - refused < _FULL_HOLD_SECONDS:
+            raise BackendUnavailable(_OUT_OF_MEMORY)
         # Right after start or during a reconnect, give the subscriber a moment.
         if self._started and not await self._subscriber.wait_connected(self._timeout):
-            raise BackendUnavailable("Redis pub/sub connection is down; reconnecting")
+            raise BackendUnavailable(
+                self._subscriber.unsupported or "Redis pub/sub connection is down; reconnecting"
+            )
 
     async def _call(self, call: Awaitable[Any]) -> Any:
         try:
             async with asyncio.timeout(self._deadline):
                 return await call
         except (RedisError, OSError, TimeoutError) as exc:
-            raise BackendUnavailable(f"Redis unavailable ({type(exc).__name__}: {exc})") from exc
+            self._refused(exc)
+            raise _unavailable(exc, "Redis unavailable") from exc
+
+    def _refused(self, exc: BaseException) -> None:
+        if isinstance(exc, OutOfMemoryError):
+            self._refused_at = asyncio.get_running_loop().time()
+
+
+def _unavailable(exc: BaseException, what: str) -> BackendUnavailable:
+    if isinstance(exc, OutOfMemoryError):
+        return BackendUnavailable(_OUT_OF_MEMORY)
+    return BackendUnavailable(f"{what} ({type(exc).__name__}: {exc})")
 
 
 def _appended(user_id: str, data: bytes, reply: Any) -> Appended:

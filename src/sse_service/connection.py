@@ -103,7 +103,10 @@ class Connection:
                 self._put(ready_frame(replay.head))
         self.epoch, self.floor = replay.head.epoch, replay.head.offset
         pending, self._pending = self._pending or [], None
-        return all([self.offer(record, frame) for record, frame in pending])
+        # Records of another epoch were published before the history the replay
+        # names replaced theirs: the replay (or its resync) covers them.
+        return all([self.offer(record, frame) for record, frame in pending
+                    if record.epoch == self.epoch])
 
     def offer(self, record: Record, frame: bytes, framed: bytes | None = None) -> bool:
         """Send a live record unless already delivered; False when one is missing.

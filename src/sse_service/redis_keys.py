@@ -9,7 +9,9 @@ so an id holding ``{``, ``}`` or ``:`` can neither move the hash tag nor
 make two users' names collide.  ``user_of_channel`` reverses it.
 
 ===========================  ====================================================
-``sse:{u:<id>}:meta``        hash: ``epoch`` and ``head`` (the newest offset)
+``sse:{u:<id>}:meta``        hash: ``epoch``, ``head`` (the newest offset) and
+                             ``server`` (``<run_id>:<master_replid>`` of the
+                             Redis that made the epoch)
 ``sse:{u:<id>}:log``         stream: entry ``<offset>-0`` with fields ``d`` (data)
                              and ``t`` (server time, ms)
 ``sse:{u:<id>}:seen``        sorted set: dedupe key → offset, trimmed with the log

@@ -1,21 +1,22 @@
 """The process's one pub/sub connection: subscriptions, live records, reconnects.
 
 Subscriptions
-    ``subscribe`` returns once Redis confirmed the subscription, so a reader
-    can replay right after it without a gap.  Redis answers every
-    ``(S)SUBSCRIBE`` of a channel with one confirmation, in the order the
-    commands were sent; each sent command queues its waiters and each
-    confirmation resolves the oldest queue of that channel.  Commands are
-    sent under one lock, and ``unsubscribe`` re-checks under it whether the
-    user is wanted again, so interleaved calls end in the state of the last
-    call.
+    Sharded (``SSUBSCRIBE``, Redis 7 or later).  ``subscribe`` returns once
+    Redis confirmed the subscription, so a reader can replay right after it
+    without a gap.  Redis answers every ``SSUBSCRIBE`` of a channel with one
+    confirmation, in the order the commands were sent; each sent command
+    queues its waiters and each confirmation resolves the oldest queue of
+    that channel.  Commands are sent under one lock, and ``unsubscribe``
+    re-checks under it whether the user is wanted again, so interleaved
+    calls end in the state of the last call.
 
 Liveness
     A PING every ``timeout`` seconds keeps replies flowing; a connection
     that is silent for three periods (a hung or stopped server) is dropped.
 
 Reconnects
-    With backoff, logged once per outage.  A new connection subscribes every
+    With backoff, logged once per outage.  A server older than Redis 7 is
+    refused on connect, with that reason.  A new connection subscribes every
     wanted user again and, once all are confirmed, calls ``on_resumed`` so
     readers catch up from history: records published while the connection
     was down reach them that way.
@@ -39,24 +40,39 @@ from .broker import Record
 from .errors import BackendUnavailable
 from .redis_keys import user_keys, user_of_channel
 
-__all__ = ["Subscriber", "supports_sharded_pubsub"]
+__all__ = ["MINIMUM_VERSION", "Subscriber", "supports_sharded_pubsub", "unsupported_version"]
 
 logger = logging.getLogger(__name__)
 
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 2.0
-_MESSAGES = frozenset({b"smessage", b"message"})
-_CONFIRMATIONS = frozenset({b"ssubscribe", b"subscribe"})
 _Waiters = list["asyncio.Future[None]"]
+#: The oldest Redis major version served: sharded pub/sub and script flags.
+MINIMUM_VERSION = 7
+
+
+def unsupported_version(version: str) -> str | None:
+    """Why a server reporting ``redis_version`` ``version`` cannot be used, or None."""
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) >= MINIMUM_VERSION:
+        return None
+    return f"Redis {version or '(unknown version)'} is not supported: 7.0 or later is required"
+
+
+def _version(info: bytes) -> str:
+    for line in info.splitlines():
+        if line.startswith(b"redis_version:"):
+            return line.partition(b":")[2].strip().decode("ascii", "replace")
+    return ""
 
 
 def supports_sharded_pubsub(info: bytes) -> bool:
     """Whether ``INFO server`` output names Redis 7 or later (``SSUBSCRIBE``)."""
-    for line in info.splitlines():
-        if line.startswith(b"redis_version:"):
-            major = line.partition(b":")[2].split(b".")[0]
-            return major.isdigit() and int(major) >= 7
-    return False
+    return unsupported_version(_version(info)) is None
+
+
+class _Unsupported(Exception):
+    """The server is older than :data:`MINIMUM_VERSION`."""
 
 
 @dataclass(eq=False)
@@ -64,19 +80,10 @@ class _Link:
     """One connected pub/sub connection and what it still owes us."""
 
     conn: AbstractConnection
-    sharded: bool
     expect: dict[bytes, deque[_Waiters]] = field(default_factory=dict)
     # Channels subscribed on connect whose confirmation is still due.
     initial: set[bytes] = field(default_factory=set)
     ready: bool = False
-
-    @property
-    def subscribe_command(self) -> str:
-        return "SSUBSCRIBE" if self.sharded else "SUBSCRIBE"
-
-    @property
-    def unsubscribe_command(self) -> str:
-        return "SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE"
 
     def expect_confirmation(self, channel: bytes, waiters: _Waiters) -> None:
         self.expect.setdefault(channel, deque()).append(waiters)
@@ -112,6 +119,8 @@ class Subscriber:
         self._lost_since: float | None = None
         self._failures = 0
         self._connected = asyncio.Event()
+        #: Why the server cannot be used (too old), once a connection found out.
+        self.unsupported: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -150,7 +159,7 @@ class Subscriber:
             link = self._link
             if link is not None and link.conn.is_connected:
                 link.expect_confirmation(channel, [waiter])
-                await self._send(link, link.subscribe_command, channel)
+                await self._send(link, "SSUBSCRIBE", channel)
             else:
                 # The next connection subscribes every wanted user and answers it.
                 self._waiters.setdefault(channel, []).append(waiter)
@@ -170,7 +179,7 @@ class Subscriber:
             link = self._link
             if user_id in self._wanted or link is None or not link.conn.is_connected:
                 return
-            await self._send(link, link.unsubscribe_command, self._channel(user_id))
+            await self._send(link, "SUNSUBSCRIBE", self._channel(user_id))
 
     # -- the connection ---------------------------------------------------------
     def _channel(self, user_id: str) -> bytes:
@@ -191,6 +200,9 @@ class Subscriber:
                 raise
             except (RedisError, OSError, TimeoutError) as exc:
                 self._lost(f"{type(exc).__name__}: {exc}")
+            except _Unsupported as exc:
+                self.unsupported = str(exc)
+                self._lost(str(exc))
             except Exception as exc:
                 logger.exception("pub/sub connection to %s failed unexpectedly", self._where)
                 self._lost(repr(exc))
@@ -207,7 +219,11 @@ class Subscriber:
                 await conn.connect()  # type: ignore[no-untyped-call]
                 await conn.send_command("INFO", "server", check_health=False)
                 info = await conn.read_response()
-            link = _Link(conn, supports_sharded_pubsub(info if isinstance(info, bytes) else b""))
+            reason = unsupported_version(_version(info if isinstance(info, bytes) else b""))
+            if reason is not None:
+                raise _Unsupported(reason)
+            self.unsupported = None
+            link = _Link(conn)
             async with self._lock:
                 channels = [self._channel(user_id) for user_id in self._wanted]
                 for channel in channels:
@@ -215,7 +231,7 @@ class Subscriber:
                 link.initial.update(channels)
                 self._link = link
                 if channels:
-                    commands = [(link.subscribe_command, channel) for channel in channels]
+                    commands = [("SSUBSCRIBE", channel) for channel in channels]
                     await conn.send_packed_command(conn.pack_commands(commands), False)
             if not link.initial:
                 self._ready(link)
@@ -242,9 +258,9 @@ class Subscriber:
         if not isinstance(reply, list) or len(reply) < 2:
             return  # PONG outside subscribed mode
         kind = reply[0]
-        if kind in _MESSAGES and len(reply) == 3:
+        if kind == b"smessage" and len(reply) == 3:
             self._message(reply[1], reply[2])
-        elif kind in _CONFIRMATIONS:
+        elif kind == b"ssubscribe":
             link.confirmed(reply[1])
             if not link.ready and not link.initial:
                 self._ready(link)

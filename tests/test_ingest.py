@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import select
+import socket
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +31,7 @@ from conftest import (
     running_service,
     task_event,
 )
+from redis_support import redis_server  # noqa: F401
 from sse_service.broker import Appended, Position
 from sse_service.broker_memory import MemoryBroker
 from sse_service.config import Settings
@@ -741,10 +746,10 @@ async def test_bulk_entries_after_a_retry_are_retried_to_keep_order() -> None:
     ]
     body = json.dumps({"entries": entries, "id": "b", "pubsubname": "taskpubsub",
                        "topic": "task-updates", "type": "com.dapr.event.sent.bulk"}).encode()
-    first = await ingest.handle(body, {})
+    first = (await ingest.handle(body, {})).content
     assert [s["status"] for s in first["statuses"]] == ["SUCCESS", "RETRY", "RETRY"]
     # daprd sends the whole batch again: entry 1 is a duplicate, 2 and 3 go in, in order.
-    second = await ingest.handle(body, {})
+    second = (await ingest.handle(body, {})).content
     assert [s["status"] for s in second["statuses"]] == ["SUCCESS"] * 3
     replay = await broker.replay("order", Position(broker.epoch, 0))
     assert [json.loads(r.data)["task"]["id"] for r in replay.records] == [1, 2, 3]
@@ -755,5 +760,351 @@ async def test_dedupe_is_per_source_and_id() -> None:
     ingest = Ingest(broker, Settings(jwt_secret="s"))
     for source in ("billing", "planner", "planner"):
         body = cloudevent(task_event("src", 1), "seq-1", source=source)
-        assert (await ingest.handle(body, {}))["status"] == "SUCCESS"
+        assert (await ingest.handle(body, {})).content["status"] == "SUCCESS"
     assert (await broker.replay("src", Position(broker.epoch, 0))).head.offset == 2
+
+
+# -- poison input: never a 5xx, never an endless RETRY ---------------------------------
+
+DEEP = 1500  # deeper than Python's JSON parser recurses
+HUGE_INT = "9" * 5000  # more digits than Python converts to an int
+
+
+def raw_json(document: object, **raw: str | bytes) -> bytes:
+    """``compact(document)`` with each string ``"@name@"`` replaced by raw JSON text,
+    for what json.dumps will not write: 1e400, huge integers, deep nesting, raw
+    UTF-8 surrogates."""
+    text = compact(document)
+    for name, value in raw.items():
+        text = text.replace(f'"@{name}@"'.encode(), value.encode() if isinstance(value, str)
+                            else value)
+    return text
+
+
+def nested(depth: int = DEEP) -> str:
+    return "[" * depth + "]" * depth
+
+
+def in_task(uid: str, **task: Any) -> dict[str, Any]:
+    return {"event_type": "task.updated", "user_id": uid, "task": {"id": 1, **task}}
+
+
+def ce_object(payload: object, event_id: str, **fields: Any) -> dict[str, Any]:
+    return json.loads(cloudevent(payload, event_id, **fields))
+
+
+NOT_FINITE = "NaN or an infinite number"
+SURROGATE = "lone surrogate"
+
+#: case -> (body for a user and a CloudEvent id, reason logged, whether the line names the id)
+POISON: dict[str, tuple[Any, str, bool]] = {
+    "event-type-array": (lambda uid, eid: cloudevent(
+        {"event_type": ["task.created"], "user_id": uid, "task": {}}, eid),
+        "unknown event_type a JSON array", True),
+    "event-type-object": (lambda uid, eid: cloudevent(
+        {"event_type": {"task.created": 1}, "user_id": uid, "task": {}}, eid),
+        "unknown event_type a JSON object", True),
+    "surrogate-in-task": (lambda uid, eid: cloudevent(in_task(uid, title="\ud800"), eid),
+                          SURROGATE, True),
+    "surrogate-in-task-key": (lambda uid, eid: cloudevent(in_task(uid, **{"\udc00": 1}), eid),
+                              SURROGATE, True),
+    "raw-surrogate-bytes": (lambda uid, eid: raw_json(ce_object(in_task(uid, title="@s@"), eid),
+                                                      s=b'"\xed\xa0\x80"'), SURROGATE, True),
+    "surrogate-in-string-data": (lambda uid, eid: cloudevent(
+        json.dumps(in_task(uid, title="\udbff")), eid, datacontenttype="text/plain"),
+        SURROGATE, True),
+    "nan": (lambda uid, eid: cloudevent(in_task(uid, score=float("nan")), eid), NOT_FINITE, True),
+    "infinity": (lambda uid, eid: cloudevent(in_task(uid, score=float("inf")), eid),
+                 NOT_FINITE, True),
+    "minus-infinity": (lambda uid, eid: cloudevent(in_task(uid, score=-float("inf")), eid),
+                       NOT_FINITE, True),
+    "1e400": (lambda uid, eid: raw_json(ce_object(in_task(uid, score="@n@"), eid), n="1e400"),
+              NOT_FINITE, True),
+    "nan-in-string-data": (lambda uid, eid: cloudevent(
+        f'{{"event_type":"task.created","user_id":"{uid}","task":{{"x":NaN}}}}', eid,
+        datacontenttype="text/plain"), NOT_FINITE, True),
+    "deep-string-data": (lambda uid, eid: cloudevent(
+        json.dumps(in_task(uid, tree="@d@")).replace('"@d@"', nested()), eid,
+        datacontenttype="text/plain"), "string data is nested too deeply", True),
+    "deep-base64": (lambda uid, eid: raw_payload_wrapper(
+        json.dumps(in_task(uid, tree="@d@")).replace('"@d@"', nested()).encode(), eid),
+        "data_base64 payload is nested too deeply", True),
+    "surrogate-id": (lambda uid, eid: cloudevent(in_task(uid), "\ud800" + eid),
+                     "CloudEvent id is not valid Unicode", True),
+    "surrogate-source": (lambda uid, eid: cloudevent(in_task(uid), eid, source="api-\udfff"),
+                         "CloudEvent source is not valid Unicode", True),
+    "id-object": (lambda uid, eid: cloudevent(in_task(uid), {"id": eid}),
+                  "CloudEvent id is a JSON object, not a string", False),
+    "deep-body": (lambda uid, eid: raw_json(ce_object(in_task(uid, tree="@d@"), eid), d=nested()),
+                  "dropping a delivery: body is nested too deeply", False),
+}
+
+
+@pytest.mark.parametrize("case", POISON)
+def test_poison_event_is_dropped_with_a_reason_never_a_server_error(service, case):
+    build, reason, names_id = POISON[case]
+    event_id = new_id()
+    response = service.deliver(build(user(), event_id))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "DROP"}
+    line = log_line(service, event_id, reason) if names_id else log_line(service, reason)
+    assert " WARNING " in line, line
+
+
+async def test_poison_events_never_reach_the_stream(service, open_stream):
+    uid = user()
+    stream = await open_stream(service, token=service.token(uid))
+    for case, (build, _, _) in POISON.items():
+        assert daprd_outcome(service.deliver(build(uid, new_id()))) == DROP, case
+    service.publish(uid, 99)
+    event = await stream.next()
+    json.loads(event.data, parse_constant=lambda c: pytest.fail(f"{c} reached a browser"))
+    assert json.loads(event.data)["task"]["id"] == 99
+
+
+def poison_bulk(uid: str) -> tuple[bytes, list[str], list[int]]:
+    """A bulk mixing valid entries with one of each poison: its body, the status
+    expected per entry (in order), and the task ids that must be stored, in order."""
+    entries: list[dict[str, Any]] = []
+    expected: list[str] = []
+    stored: list[int] = []
+
+    def add(event: object, status: str) -> None:
+        entries.append(bulk_entry(str(len(entries)), event, {"__key": uid}))
+        expected.append(status)
+
+    def valid() -> None:
+        stored.append(len(entries))
+        add(ce_object(task_event(uid, len(entries)), new_id()), "SUCCESS")
+
+    poison = [
+        {"event_type": ["task.created"], "user_id": uid, "task": {}},
+        {"event_type": {"a": 1}, "user_id": uid, "task": {}},
+        in_task(uid, title="\ud800"),
+        in_task(uid, score=float("nan")),
+        in_task(uid, score="@big@"),
+        in_task(uid, tree="@deep@"),
+        in_task(uid, n="@huge@"),
+    ]
+    valid()
+    for payload in poison:
+        add(ce_object(payload, new_id()), "DROP")
+        valid()
+    add(ce_object(in_task(uid), "\udfff" + new_id()), "DROP")
+    add(ce_object(in_task(uid), new_id(), source="\ud800"), "DROP")
+    # rawPayload entries: base64 of the broker bytes.
+    add(base64.b64encode(cloudevent(in_task(uid, score=float("inf")))).decode(), "DROP")
+    valid()
+    body = raw_json({"entries": entries, "id": new_id(), "metadata": {"pubsubName": "taskpubsub"},
+                     "pubsubname": "taskpubsub", "topic": "task-updates",
+                     "type": "com.dapr.event.sent.bulk"},
+                    big="1e400", deep=nested(), huge=HUGE_INT)
+    return body, expected, stored
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_poison_bulk_entries_are_dropped_one_by_one_and_the_rest_stored_in_order(
+        backend, request, start_service, open_stream):
+    settings: dict[str, Any] = {}
+    if backend == "redis":
+        settings = {"backend": "redis", "redis_url": request.getfixturevalue("redis_server")().url}
+    svc = start_service(**settings)
+    uid = user()
+    stream = await open_stream(svc, token=svc.token(uid))
+    body, expected, stored = poison_bulk(uid)
+    response = svc.deliver(body, BULK_HEADERS)
+    assert response.status_code == 200, response.text
+    statuses = response.json()["statuses"]
+    assert [s["entryId"] for s in statuses] == [str(i) for i in range(len(expected))]
+    assert [s["status"] for s in statuses] == expected
+    ids = [s["entryId"] for s in statuses]
+    assert set(daprd_bulk_outcomes(response, ids).values()) == {ACK, DROP}
+    assert await stream.tasks(len(stored)) == stored
+    # daprd re-sends a whole batch: the same answers, nothing stored twice.
+    again = svc.deliver(body, BULK_HEADERS)
+    assert [s["status"] for s in again.json()["statuses"]] == expected
+    svc.publish(uid, 1000)
+    assert await stream.tasks(1) == [1000]
+
+
+def test_lone_surrogate_in_id_or_source_is_dropped_on_redis(
+        start_service, redis_server):  # noqa: F811
+    svc = start_service(backend="redis", redis_url=redis_server().url)
+    for fields in ({"event_id": "\ud800" + new_id()}, {"source": "billing-\udc00"}):
+        response = svc.deliver(cloudevent(task_event(user(), 1), **fields))
+        assert response.status_code == 200
+        assert response.json() == {"status": "DROP"}, fields
+    assert daprd_outcome(svc.deliver(cloudevent(task_event(user(), 2)))) == ACK
+
+
+# -- request bodies: refused by size before they are read --------------------------------
+
+CLOUDEVENTS = "application/cloudevents+json"
+
+
+@dataclass
+class RawReply:
+    status: int
+    body: bytes
+    #: Body bytes handed to the socket when the reply's first byte arrived.
+    sent_before_reply: int
+
+
+def _parse_reply(data: bytes) -> tuple[int, bytes] | None:
+    head, found, rest = data.partition(b"\r\n\r\n")
+    if not found:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    length = next((int(line.split(":", 1)[1]) for line in lines[1:]
+                   if line.lower().startswith("content-length:")), 0)
+    if len(rest) < length:
+        return None
+    return int(lines[0].split()[1]), rest[:length]
+
+
+def post_raw(port: int, path: str, content_type: str, size: int, *, chunked: bool = False,
+             stop_at_reply: bool = False, piece: int = 1 << 20, timeout: float = 30) -> RawReply:
+    """POST ``size`` bytes (Content-Length or chunked framing) over a plain socket,
+    reading the reply while sending; with ``stop_at_reply``, stop sending once it came."""
+    framing = "transfer-encoding: chunked" if chunked else f"content-length: {size}"
+    head = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\n"
+            f"traceparent: {NO_TRACE}\r\npubsubname: taskpubsub\r\n{framing}\r\n\r\n").encode()
+    block = b"x" * piece
+    frame = f"{piece:x}\r\n".encode() + block + b"\r\n" if chunked else block
+    pending, sent, finished = memoryview(head), 0, False
+    received = bytearray()
+    first_reply_at: int | None = None
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.setblocking(False)
+        while True:
+            reply = _parse_reply(bytes(received))
+            if reply is not None and (stop_at_reply or (finished and not pending)):
+                break
+            if not pending and not finished:
+                if sent < size:
+                    pending, sent = memoryview(frame), sent + piece
+                else:
+                    pending, finished = memoryview(b"0\r\n\r\n" if chunked else b""), True
+            sending = bool(pending) and not (stop_at_reply and first_reply_at is not None)
+            readable, writable, _ = select.select([sock], [sock] if sending else [], [], 0.2)
+            if readable:
+                data = sock.recv(1 << 16)
+                if not data:
+                    break
+                if first_reply_at is None:
+                    first_reply_at = sent
+                received += data
+            if writable:
+                try:
+                    pending = pending[sock.send(pending):]
+                except (BrokenPipeError, ConnectionResetError):
+                    pending, finished = memoryview(b""), True
+            assert time.monotonic() < deadline, f"no reply to {path} after {sent} bytes"
+    reply = _parse_reply(bytes(received))
+    assert reply is not None and first_reply_at is not None, bytes(received)
+    return RawReply(reply[0], reply[1], first_reply_at)
+
+
+def peak_rss(service: Service) -> int:
+    """The service process's peak resident set size, in bytes (VmHWM)."""
+    status = Path(f"/proc/{service.process.pid}/status").read_text()
+    (kib,) = (line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kib) * 1024
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_oversized_delivery_is_dropped_before_its_body_is_read(start_service, chunked):
+    svc = start_service(max_delivery_bytes=1 << 20)
+    single = post_raw(svc.port, "/task-updates", CLOUDEVENTS, 64 << 20, chunked=chunked,
+                      stop_at_reply=True)
+    assert (single.status, json.loads(single.body)) == (200, {"status": "DROP"})
+    # A bulk whose entryIds cannot be read: a 200 would leave every entry to be
+    # retried forever; daprd drops all of them on a 404.
+    bulk = post_raw(svc.port, "/task-updates", "application/json", 64 << 20, chunked=chunked,
+                    stop_at_reply=True)
+    assert bulk.status == 404
+    assert daprd_bulk_outcomes(reply(bulk.status, bulk.body), ["0", "1"]) == {"0": DROP, "1": DROP}
+    for answer in (single, bulk):  # at most what socket buffers took meanwhile
+        assert answer.sent_before_reply < 24 << 20, answer
+    line = log_line(svc, "dropping a delivery", "exceeds SSE_MAX_DELIVERY_BYTES=1048576")
+    assert " WARNING " in line
+    assert daprd_outcome(svc.deliver(cloudevent(task_event(user(), 1)))) == ACK
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_bodies_over_the_limit_get_413_on_every_other_route(start_service, chunked):
+    svc = start_service(demo_page=True, max_body_bytes=65_536)
+    for path in ("/demo/token", "/demo/session", "/no/such/route", "/healthz"):
+        answer = post_raw(svc.port, path, "application/json", 64 << 20, chunked=chunked,
+                          stop_at_reply=True)
+        assert answer.sent_before_reply < 24 << 20, (path, answer)
+        if chunked and path in ("/no/such/route", "/healthz"):
+            # Without a length the size is known only by reading, and these
+            # routes read nothing: their own answer comes at once.
+            assert answer.status in (404, 405), (path, answer)
+            continue
+        assert answer.status == 413, (path, answer)
+        assert "65536" in json.loads(answer.body)["detail"]
+    # Within the limit the route works as before.
+    token = httpx.post(f"{svc.url}/demo/token", json={"user": "u-1", "note": "x" * 60_000},
+                       timeout=5)
+    assert token.status_code == 200 and token.json()["token"]
+
+
+def test_memory_stays_bounded_while_huge_bodies_arrive(start_service):
+    svc = start_service(demo_page=True, max_delivery_bytes=1 << 20)
+    svc.publish(user(), 1)
+    before = peak_rss(svc)
+    size = 64 << 20
+    cases = [("/task-updates", CLOUDEVENTS, 200), ("/task-updates", "application/json", 404),
+             ("/demo/token", "application/json", 413)]
+    answers = [(path, chunked, status, post_raw(svc.port, path, content_type, size,
+                                                chunked=chunked))
+               for path, content_type, status in cases for chunked in (False, True)]
+    grown = peak_rss(svc) - before
+    assert grown < 32 << 20, f"peak RSS grew by {grown >> 20} MiB over six 64 MiB bodies"
+    for path, chunked, status, answer in answers:
+        assert answer.status == status, (path, chunked, answer)
+    assert daprd_outcome(svc.deliver(cloudevent(task_event(user(), 2)))) == ACK
+
+
+def test_client_gone_mid_body_is_one_info_line_not_a_traceback(start_service):
+    svc = start_service(demo_page=True)
+    for path in ("/demo/token", "/task-updates"):
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {CLOUDEVENTS}\r\n"
+                         f"content-length: 1000\r\n\r\n".encode() + b'{"data":{}')
+    line = log_line(svc, "client disconnected mid-body")
+    assert " INFO " in line
+    assert daprd_outcome(svc.deliver(cloudevent(task_event(user(), 1)))) == ACK
+    logs = svc.logs()
+    assert "Traceback" not in logs and " ERROR " not in logs, logs[-3000:]
+
+
+# -- log lines: untrusted values can neither forge lines nor flood them ------------------
+
+
+def test_untrusted_values_cannot_forge_or_flood_log_lines(start_service):
+    svc = start_service()
+    forged = "2026-01-01 00:00:00,000 ERROR sse_service.ingest: FORGED"
+    evil = f"evil-{new_id()}\r\n{forged}\n"
+    uid = user()
+    dropped = svc.deliver(cloudevent(task_event(uid, 1, "task.exploded"), evil))
+    assert dropped.json() == {"status": "DROP"}
+    for _ in range(2):  # the redelivery is logged with the id
+        stored = svc.deliver(cloudevent(task_event(uid, 2), evil + "ok"))
+        assert stored.json()["status"] == "SUCCESS"
+    huge = svc.deliver(cloudevent(task_event(uid, 3, "x" * 1_000_000), "big-" + "y" * 1_000_000))
+    assert huge.json() == {"status": "DROP"}
+    bulk = svc.deliver(bulk_body([bulk_entry("0", ce_object(task_event(uid, 4, f"t\r\n{forged}"),
+                                                            evil + "bulk"), None)]), BULK_HEADERS)
+    assert bulk.json()["statuses"][0]["status"] == "DROP"
+    log_line(svc, "already stored")
+    log_line(svc, "unknown event_type 'xxxx")
+    log_line(svc, "unknown event_type 't\\r\\n2026")
+    lines = svc.logs().splitlines()
+    assert not [line for line in lines if line.startswith(forged[:10])], "a forged line"
+    assert [line for line in lines if "evil-" in line and "\\r\\n2026-01-01" in line]
+    longest = max(lines, key=len)
+    assert len(longest) < 600, longest[:300]

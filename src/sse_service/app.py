@@ -22,13 +22,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from .auth import Authenticator
+from .bodies import BodyLimit
 from .broker import Broker
 from .broker_memory import MemoryBroker
 from .config import Settings
 from .demo import demo_router
 from .errors import BackendUnavailable
 from .hub import Hub
-from .ingest import Ingest, dapr_router
+from .ingest import ROUTE, Ingest, dapr_router
 from .logs import install_filter
 from .stream import StreamEndpoint
 
@@ -118,6 +119,9 @@ class Application:
             api.include_router(demo_router(self.settings))
         if STATIC_DIR.is_dir():
             api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+        # Outermost, so no route reads a body before its size is checked; the
+        # Dapr route answers oversized deliveries itself (DROP, never 413).
+        api.add_middleware(BodyLimit, limit=self.settings.max_body_bytes, exempt={ROUTE})
         return api
 
 

@@ -2,21 +2,40 @@
 
 Publishers send ``{"event_type": "task.created", "user_id": "42", "task": {...}}``.
 Clients receive ``{"type":"task_update","event":"task.created","task":{...}}``,
-serialised once per event, compact, on a single line.
+serialised once per event, compact, on a single line, and strict RFC 8259:
+browsers' ``JSON.parse`` throws on ``NaN`` or ``Infinity`` and on text that is
+not valid Unicode, so an event whose task holds either is refused here, as
+is a task nested deeper than :data:`MAX_DEPTH`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import EventError
 
-__all__ = ["EVENT_TYPES", "TaskEvent", "parse_task_event", "resync_data"]
+__all__ = ["EVENT_TYPES", "MAX_DEPTH", "TaskEvent", "parse_task_event", "resync_data", "shown"]
 
 EVENT_TYPES = frozenset({"task.created", "task.updated", "task.deleted", "task.completed"})
 _MAX_USER_ID = 256
+#: How much of an untrusted value a reason quotes.
+_QUOTED_CHARS = 48
+
+#: Deepest nesting of the client-facing line (the task's own fields are at
+#: depth 2).  Deeper is refused by rule, the same wherever the check runs,
+#: not wherever a parser's recursion limit happens to fall, and shallow enough
+#: for client parsers that limit depth.
+MAX_DEPTH = 64
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
+
+_encode = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +45,53 @@ class TaskEvent:
     task: dict[str, Any]
 
     def data(self) -> bytes:
-        """The client-facing JSON, one line (``json.dumps`` escapes every line break)."""
+        """The client-facing JSON, one line (the encoder escapes every line break).
+
+        Raises :class:`EventError` when the task cannot be sent as strict JSON.
+        """
         body = {"type": "task_update", "event": self.event_type, "task": self.task}
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            text = _encode(body)
+        except ValueError:
+            # 1e400 decodes to infinity, so this covers out-of-range numbers too.
+            raise EventError("task holds NaN or an infinite number, not valid JSON") from None
+        except RecursionError:
+            raise EventError(f"task is nested deeper than {MAX_DEPTH} levels") from None
+        if _deeper_than(text, MAX_DEPTH):
+            raise EventError(f"task is nested deeper than {MAX_DEPTH} levels")
+        try:
+            return text.encode()
+        except UnicodeEncodeError:
+            raise EventError("task holds a lone surrogate, not valid Unicode") from None
+
+
+def _deeper_than(text: str, limit: int) -> bool:
+    """Whether the JSON ``text`` nests deeper than ``limit``."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # too few brackets to be that deep: the usual, cheap answer
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    # Each pass removes exactly one level: the pairs that are innermost now.
+    for _ in range(limit):
+        brackets = _INNERMOST.sub("", brackets)
+        if not brackets:
+            return False
+    return True
+
+
+def shown(value: object) -> str:
+    """A short rendering of an untrusted value for a reason: strings are quoted
+    and cut, containers named, never rendered (they may be huge or deep)."""
+    if isinstance(value, str):
+        cut = value[:_QUOTED_CHARS]
+        return f"'{cut}'" if len(cut) == len(value) else f"'{cut}...' ({len(value)} chars)"
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        text = repr(value)
+        return text if len(text) <= _QUOTED_CHARS else f"(a number of {len(text)} digits)"
+    if isinstance(value, dict):
+        return "a JSON object"
+    return "a JSON array" if isinstance(value, list) else type(value).__name__
 
 
 def parse_task_event(payload: object) -> TaskEvent:
@@ -36,13 +99,15 @@ def parse_task_event(payload: object) -> TaskEvent:
     if not isinstance(payload, dict):
         raise EventError(f"event is a JSON {type(payload).__name__}, not an object")
     event_type = payload.get("event_type")
-    if event_type not in EVENT_TYPES:
-        raise EventError(f"unknown event_type {event_type!r}")
+    # A list or object is unhashable: test the type before the set.
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+        raise EventError(f"unknown event_type {shown(event_type)}")
     user_id = payload.get("user_id")
     if isinstance(user_id, int) and not isinstance(user_id, bool):
         user_id = str(user_id)
     if not isinstance(user_id, str) or not user_id:
         raise EventError("missing user_id")
+    # isprintable() is False for control characters and lone surrogates alike.
     if len(user_id) > _MAX_USER_ID or not user_id.isprintable():
         raise EventError("user_id is too long or has control characters")
     task = payload.get("task")

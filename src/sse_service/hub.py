@@ -42,7 +42,9 @@ class Hub:
         self._max_total = settings.max_connections
         self._max_per_user = settings.max_connections_per_user
         self._users: dict[str, set[Connection]] = {}
-        self._subscriptions: dict[str, asyncio.Future[None]] = {}
+        # Per user with streams here: True once subscribed, else the subscription
+        # in progress, which other streams of the user opening meanwhile share.
+        self._subscriptions: dict[str, asyncio.Future[None] | bool] = {}
         self._catching_up: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -146,16 +148,30 @@ class Hub:
 
     # -- internals -------------------------------------------------------------
     async def _subscribed(self, user_id: str) -> None:
-        future = self._subscriptions.get(user_id)
-        if future is None:
-            future = asyncio.ensure_future(self._broker.subscribe(user_id))
-            self._subscriptions[user_id] = future
+        state = self._subscriptions.get(user_id)
+        if state is True:
+            return
+        if isinstance(state, asyncio.Future):
+            await asyncio.shield(state)
+            return
+        # The first stream of the user subscribes inline, with no task of its
+        # own: most subscriptions finish at once, and a connect is hot.
+        pending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._subscriptions[user_id] = pending
         try:
-            await asyncio.shield(future)
-        except BaseException:
-            if self._subscriptions.get(user_id) is future and future.done():
+            await self._broker.subscribe(user_id)
+        except BaseException as exc:
+            if self._subscriptions.get(user_id) is pending:
                 del self._subscriptions[user_id]
+            if isinstance(exc, Exception):
+                pending.set_exception(exc)
+                pending.exception()  # the waiters, if any, re-raise it
+            else:
+                pending.cancel()
             raise
+        if self._subscriptions.get(user_id) is pending:
+            self._subscriptions[user_id] = True
+        pending.set_result(None)
 
     def _catch_up_later(self, user_id: str) -> None:
         if user_id in self._catching_up:

@@ -3,14 +3,21 @@
 Replies follow daprd's reading of them (docs/dapr.md): ``SUCCESS`` once the
 event is in the user's history and handed to local streams, ``DROP`` for an
 event no retry can fix (logged at WARNING with the CloudEvent id and the
-reason), ``RETRY`` for anything transient.  Bulk deliveries get one status
-per entry, processed in order so one user's events keep their order.
+reason), ``RETRY`` only for a transient backend failure.  Bulk deliveries get
+one status per entry, processed in order so one user's events keep their
+order; a dropped entry holds back none of the others.
+
+No input produces a 5xx or an endless RETRY: validation is pure, so whatever
+fails it fails on every redelivery and is dropped.  A body that is no
+delivery at all (over ``SSE_MAX_DELIVERY_BYTES``, not JSON) is dropped whole:
+``200 DROP`` for a single delivery, ``404`` for a bulk one, whose entryIds
+cannot be read (daprd retries every entry a 200 does not name, and drops all
+on a 404).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,18 +25,24 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
+from .bodies import read_body
 from .broker import Broker
-from .cloudevents import dedupe_key, unwrap
+from .cloudevents import dedupe_key, is_unicode, unwrap
 from .config import Settings
+from .deliveries import Unreadable, decode_delivery, is_bulk
 from .errors import BackendUnavailable, DaprStatus, EventError
 from .events import parse_task_event
+from .logs import escape
 
-__all__ = ["Ingest", "dapr_router", "subscription"]
+__all__ = ["ROUTE", "Ingest", "Reply", "dapr_router", "subscription"]
 
 logger = logging.getLogger(__name__)
 
 ROUTE = "/task-updates"
+#: How much of a CloudEvent id a log line shows.
+_NAME_CHARS = 64
 
 
 def subscription(settings: Settings) -> list[dict[str, Any]]:
@@ -50,6 +63,14 @@ def subscription(settings: Settings) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer daprd reads: a JSON object and its HTTP status."""
+
+    content: dict[str, Any]
+    status_code: int = 200
+
+
+@dataclass(frozen=True, slots=True)
 class _Ready:
     """A delivery that passed validation: what to append, and its name for logs."""
 
@@ -63,23 +84,35 @@ class Ingest:
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self._broker = broker
         self._max_bytes = settings.max_event_bytes
+        self._max_delivery = settings.max_delivery_bytes
 
-    async def handle(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
-        limit = self._max_bytes * 200 + 1_048_576
-        if len(body) > limit:
-            logger.warning("dropping a delivery of %d bytes: larger than %d", len(body), limit)
-            return {"status": DaprStatus.DROP.value}
+    async def handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """The reply to one POST; never raises."""
+        if len(body) > self._max_delivery:
+            return self.refuse(headers, f"delivery of {len(body)} bytes exceeds "
+                                        f"SSE_MAX_DELIVERY_BYTES={self._max_delivery}")
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            logger.warning("dropping a delivery: body is not valid JSON")
-            return {"status": DaprStatus.DROP.value}
-        if _is_bulk(document):
-            return {"statuses": await self._bulk(document["entries"])}
+            document = decode_delivery(body)
+        except EventError as exc:
+            return self.refuse(headers, exc.reason)
+        if is_bulk(document):
+            assert isinstance(document, dict)
+            return Reply({"statuses": await self._bulk(document["entries"])})
         (status,) = await self.store([(document, headers)])
-        return {"status": status.value}
+        return Reply({"status": status.value})
 
-    async def store(self, deliveries: list[tuple[object, Mapping[str, str]]]) -> list[DaprStatus]:
+    def refuse(self, headers: Mapping[str, str], reason: str) -> Reply:
+        """The reply to a body that is no delivery at all, dropped whole."""
+        logger.warning("dropping a delivery: %s", escape(reason))
+        content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+        # daprd sends bulk deliveries as application/json, single ones as
+        # application/cloudevents+json.
+        return Reply({"status": DaprStatus.DROP.value},
+                     404 if content_type == "application/json" else 200)
+
+    async def store(
+        self, deliveries: list[tuple[object, Mapping[str, object]]]
+    ) -> list[DaprStatus]:
         """Validate each delivery, append the valid ones in order (one batch), never raise."""
         statuses: list[DaprStatus] = []
         ready: list[tuple[int, _Ready]] = []
@@ -94,24 +127,29 @@ class Ingest:
             return statuses
         try:
             results = await self._broker.append_many([(r.user_id, r.key, r.data) for _, r in ready])
-        except Exception:
-            logger.exception("asking Dapr to retry %d events: unexpected error", len(ready))
+        except Exception as exc:
+            logger.error("asking Dapr to retry %d events: unexpected %s",
+                         len(ready), escape(f"{type(exc).__name__}: {exc}"))
+            logger.debug("the unexpected error", exc_info=True)
             return statuses
         for (index, item), result in zip(ready, results, strict=True):
             if isinstance(result, BackendUnavailable):
                 # Later items failed too (append_many keeps order): daprd retries them all.
-                logger.warning("asking Dapr to retry CloudEvent %s: %s", item.name, result.reason)
+                logger.warning("asking Dapr to retry CloudEvent %s: %s",
+                               escape(item.name, _NAME_CHARS), escape(result.reason))
                 continue
             statuses[index] = DaprStatus.SUCCESS
             if result.duplicate:
                 logger.info("CloudEvent %s already stored as %s; acknowledged again",
-                            item.name, result.record.position)
+                            escape(item.name, _NAME_CHARS), result.record.position)
         return statuses
 
-    def _prepare(self, event: object, metadata: Mapping[str, str]) -> _Ready | None:
+    def _prepare(self, event: object, metadata: Mapping[str, object]) -> _Ready | None:
         """The event ready to append, or None after logging why it is dropped."""
         name = _id_of(event)
         try:
+            if isinstance(event, Unreadable):
+                raise EventError(f"event is {event.reason}")
             envelope = unwrap(event)
             name = envelope.cloudevent_id or name
             task_event = parse_task_event(envelope.payload)
@@ -120,37 +158,45 @@ class Ingest:
                 raise EventError(
                     f"event of {len(data)} bytes exceeds SSE_MAX_EVENT_BYTES={self._max_bytes}"
                 )
+            key = dedupe_key(envelope, metadata, data)
         except EventError as exc:
-            logger.warning("dropping CloudEvent %s: %s", name, exc.reason)
+            logger.warning("dropping CloudEvent %s: %s", escape(name, _NAME_CHARS),
+                           escape(exc.reason))
             return None
-        return _Ready(task_event.user_id, dedupe_key(envelope, metadata, data), data, name)
+        except Exception as exc:
+            # Validation does no I/O: what fails here fails on every redelivery.
+            logger.error("dropping CloudEvent %s: unexpected %s while reading it",
+                         escape(name, _NAME_CHARS), type(exc).__name__)
+            return None
+        return _Ready(task_event.user_id, key, data, name)
 
     async def _bulk(self, entries: list[Any]) -> list[dict[str, str]]:
         ids: list[str] = []
-        deliveries: list[tuple[object, Mapping[str, str]]] = []
+        deliveries: list[tuple[object, Mapping[str, object]]] = []
         for entry in entries:
-            if not isinstance(entry, dict) or not entry.get("entryId"):
-                logger.warning("skipping a bulk entry without entryId")
+            entry_id = entry.get("entryId") if isinstance(entry, dict) else None
+            # The reply must name the entry in a string daprd can decode.
+            if not isinstance(entry_id, str) or not entry_id or not is_unicode(entry_id):
+                logger.warning("skipping a bulk entry without a usable entryId")
                 continue
             event = entry.get("event")
             if isinstance(event, str):
                 # rawPayload bulk entries carry the broker bytes as base64.
                 event = {"specversion": "1.0", "id": None, "data_base64": event}
             metadata = entry.get("metadata")
-            ids.append(str(entry["entryId"]))
+            ids.append(entry_id)
             deliveries.append((event, metadata if isinstance(metadata, dict) else {}))
         statuses = await self.store(deliveries)
         return [{"entryId": i, "status": s.value} for i, s in zip(ids, statuses, strict=True)]
 
 
-def _is_bulk(document: object) -> bool:
-    return isinstance(document, dict) and isinstance(document.get("entries"), list) and (
-        "specversion" not in document
-    )
-
-
 def _id_of(event: object) -> str:
-    return str(event.get("id")) if isinstance(event, dict) and event.get("id") else "(no id)"
+    value = event.get("id") if isinstance(event, dict) else None
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    return "(no id)"
 
 
 def dapr_router(ingest: Ingest, settings: Settings) -> APIRouter:
@@ -177,6 +223,15 @@ def dapr_router(ingest: Ingest, settings: Settings) -> APIRouter:
     async def task_updates(request: Request) -> Response:
         if not authorised(request):
             return denied()
-        return JSONResponse(await ingest.handle(await request.body(), request.headers))
+        try:
+            body = await read_body(request, settings.max_delivery_bytes)
+        except ClientDisconnect:
+            logger.info("a delivery ended early: the client disconnected mid-body")
+            return Response(status_code=400)  # nobody is left to read it
+        except EventError as exc:
+            reply = ingest.refuse(request.headers, exc.reason)
+        else:
+            reply = await ingest.handle(body, request.headers)
+        return JSONResponse(reply.content, reply.status_code)
 
     return router

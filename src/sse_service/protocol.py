@@ -157,6 +157,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         task = self.loop.create_task(stream.run(method, headers, self.url, url.query or b""))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
+        # Nothing reads this request's parse state again; an idle stream should
+        # not keep its headers (the token among them) alive.
+        self.scope = self.headers = None  # type: ignore[assignment]
+        self.url = b""
         return True
 
     def on_body(self, body: bytes) -> None:

@@ -2,8 +2,9 @@
 
 ``create_app(settings)`` builds every part from one :class:`Settings`; the
 lifespan starts them in order (broker, hub) and stops them in reverse.
-``/events`` is dispatched before FastAPI's routing and middleware, because
-the stream is the one path whose per-connection cost matters.
+``/events`` and the Dapr delivery route are dispatched before FastAPI's
+routing and middleware: the stream is the path whose per-connection cost
+matters, the delivery route the one whose per-event cost does.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .config import Settings
 from .demo import demo_router
 from .errors import BackendUnavailable
 from .hub import Hub
-from .ingest import ROUTE, Ingest, dapr_router
+from .ingest import ROUTE, DeliveryEndpoint, Ingest, dapr_router
 from .logs import install_filter
 from .stream import StreamEndpoint
 
@@ -57,11 +58,14 @@ class Application:
         self.hub = Hub(self.broker, settings)
         self.auth = Authenticator(settings)
         self.stream = StreamEndpoint(self.hub, self.auth, settings)
+        self.deliveries = DeliveryEndpoint(Ingest(self.broker, settings), settings)
         self.api = self._build_api()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/events":
             await self.stream(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == ROUTE:
+            await self.deliveries(scope, receive, send)
         else:
             await self.api(scope, receive, send)
 
@@ -102,7 +106,7 @@ class Application:
         if self.settings.cors_origins:
             api.add_middleware(CORSMiddleware, allow_origins=list(self.settings.cors_origins),
                                allow_credentials=True, allow_methods=["GET"])
-        api.include_router(dapr_router(Ingest(self.broker, self.settings), self.settings))
+        api.include_router(dapr_router(self.settings))
 
         @api.get("/healthz")
         async def healthz() -> dict[str, str]:

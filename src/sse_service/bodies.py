@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection
-from contextlib import aclosing
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import EventError
@@ -35,23 +34,27 @@ def _declared_length(value: str | bytes | None) -> int | None:
     return int(value) if len(value) <= _MAX_LENGTH_DIGITS else 10**_MAX_LENGTH_DIGITS
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
     """The whole body, or :class:`EventError` once it is known to exceed ``limit``.
 
     Raises ``ClientDisconnect`` when the client goes away mid-body.
     """
-    declared = _declared_length(request.headers.get("content-length"))
+    declared = _declared_length(content_length)
     if declared is not None and declared > limit:
         raise EventError(f"delivery of {declared} bytes exceeds SSE_MAX_DELIVERY_BYTES={limit}")
     chunks: list[bytes] = []
     size = 0
-    async with aclosing(request.stream()) as stream:
-        async for chunk in stream:
-            size += len(chunk)
-            if size > limit:
-                raise EventError(f"delivery exceeds SSE_MAX_DELIVERY_BYTES={limit}")
-            chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise EventError(f"delivery exceeds SSE_MAX_DELIVERY_BYTES={limit}")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _TooLarge(Exception):

@@ -18,6 +18,7 @@ on a 404).
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from .bodies import read_body
 from .broker import Broker
@@ -36,7 +38,7 @@ from .errors import BackendUnavailable, DaprStatus, EventError
 from .events import parse_task_event
 from .logs import escape
 
-__all__ = ["ROUTE", "Ingest", "Reply", "dapr_router", "subscription"]
+__all__ = ["ROUTE", "DeliveryEndpoint", "Ingest", "Reply", "dapr_router", "subscription"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,39 +201,71 @@ def _id_of(event: object) -> str:
     return "(no id)"
 
 
-def dapr_router(ingest: Ingest, settings: Settings) -> APIRouter:
-    token = settings.app_api_token.get_secret_value() if settings.app_api_token else None
+class _Denied:
+    """The app token check of both Dapr routes (``APP_API_TOKEN``)."""
 
-    def authorised(request: Request) -> bool:
-        if token is None:
-            return True
-        given = request.headers.get("dapr-api-token", "")
-        return hmac.compare_digest(given.encode(), token.encode())
+    def __init__(self, settings: Settings) -> None:
+        token = settings.app_api_token
+        self._token = token.get_secret_value().encode() if token is not None else None
 
-    def denied() -> Response:
-        return JSONResponse({"detail": "missing or wrong dapr-api-token"}, status_code=401)
+    def __call__(self, given: str | None) -> bool:
+        if self._token is None:
+            return False
+        return not hmac.compare_digest((given or "").encode("latin-1", "replace"), self._token)
 
+
+_DENIED = {"detail": "missing or wrong dapr-api-token"}
+
+
+class DeliveryEndpoint:
+    """``POST /task-updates`` as a plain ASGI endpoint: the ingest hot path, dispatched
+    before FastAPI's routing and middleware, which cost more than the ingest itself."""
+
+    def __init__(self, ingest: Ingest, settings: Settings) -> None:
+        self._ingest = ingest
+        self._denied = _Denied(settings)
+        self._limit = settings.max_delivery_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await _send_json(send, 405, {"detail": "use POST"}, [(b"allow", b"POST")])
+            return
+        # All of them: daprd passes a single delivery's broker metadata (Kafka
+        # topic, partition, offset) as headers, and dedupe may need it.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if self._denied(headers.get("dapr-api-token")):
+            await _send_json(send, 401, _DENIED)
+            return
+        try:
+            body = await read_body(receive, headers.get("content-length"), self._limit)
+        except ClientDisconnect:
+            logger.info("a delivery ended early: the client disconnected mid-body")
+            return
+        except EventError as exc:
+            reply = self._ingest.refuse(headers, exc.reason)
+        else:
+            reply = await self._ingest.handle(body, headers)
+        await _send_json(send, reply.status_code, reply.content)
+
+
+async def _send_json(send: Send, status: int, content: object,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = json.dumps(content, separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", b"%d" % len(payload)), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def dapr_router(settings: Settings) -> APIRouter:
+    """``GET /dapr/subscribe``, asked once per sidecar start: FastAPI is fine for it."""
+    denied = _Denied(settings)
     router = APIRouter(tags=["dapr"])
 
     @router.get("/dapr/subscribe")
     async def dapr_subscribe(request: Request) -> Response:
-        if not authorised(request):
-            return denied()
+        if denied(request.headers.get("dapr-api-token")):
+            return JSONResponse(_DENIED, status_code=401)
         return JSONResponse(subscription(settings))
-
-    @router.post(ROUTE)
-    async def task_updates(request: Request) -> Response:
-        if not authorised(request):
-            return denied()
-        try:
-            body = await read_body(request, settings.max_delivery_bytes)
-        except ClientDisconnect:
-            logger.info("a delivery ended early: the client disconnected mid-body")
-            return Response(status_code=400)  # nobody is left to read it
-        except EventError as exc:
-            reply = ingest.refuse(request.headers, exc.reason)
-        else:
-            reply = await ingest.handle(body, request.headers)
-        return JSONResponse(reply.content, reply.status_code)
 
     return router

@@ -174,15 +174,16 @@ class Connection:
         if isinstance(self.outlet, QueueOutlet):
             self.outlet.transport = transport
 
-    def serve_on(self, outlet: SocketOutlet, preamble: bytes) -> None:
-        """From now on write straight to the socket, starting with the preamble and
-        whatever was queued while the stream opened."""
+    def serve_on(self, outlet: SocketOutlet, head: bytes, preamble: bytes) -> None:
+        """From now on write straight to the socket: the response head, the preamble
+        and whatever was queued while the stream opened go out as one write."""
         queued = self.outlet
         self.outlet = outlet
         if isinstance(queued, QueueOutlet):
-            outlet.write(preamble + (queued.take() or b""))
+            outlet.write(preamble + (queued.take() or b""), head)
         if self.reason is not None:
-            outlet.close(closing_frame(self.reason), flush=False)
+            # Closed while opening: the queue already held the closing frame.
+            outlet.close(b"", flush=False)
 
     def close(self, reason: CloseReason, flush: bool = True) -> None:
         """End the stream (once); ``flush=False`` drops what is still queued.  The

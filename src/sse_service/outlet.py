@@ -153,12 +153,13 @@ class SocketOutlet:
     def put_history(self, frames: list[bytes]) -> None:
         self.write(b"".join(frames))
 
-    def write(self, data: bytes) -> None:
-        """Bytes outside the bound (preamble, replay): allowed until they are taken."""
+    def write(self, data: bytes, head: bytes = b"") -> None:
+        """Bytes outside the bound (preamble, replay): allowed until they are taken.
+        ``head``, the response head, goes out in the same write."""
         transport = self._transport
-        if transport is not None and data:
+        if transport is not None and (data or head):
             self._grace += len(data)
-            transport.write(chunk(data) if self._chunked else data)
+            transport.write(head + (chunk(data) if self._chunked and data else data))
 
     def drained(self) -> None:
         """The client took what was buffered: the bound applies to live frames again."""
@@ -174,6 +175,9 @@ class SocketOutlet:
         if not transport.is_closing():
             # Bytes already handed to the transport cannot be taken back; the
             # closing frame follows them and the socket gets its flush time.
-            transport.write(chunk(closing) + b"0\r\n\r\n" if self._chunked else closing)
+            if self._chunked:
+                transport.write((chunk(closing) if closing else b"") + b"0\r\n\r\n")
+            elif closing:
+                transport.write(closing)
             abort_later(transport)
         self._on_end(flush and self._chunked)

@@ -110,11 +110,10 @@ class SocketStream:
         # HTTP/1.0 has no chunks: the end of the stream is the end of the connection.
         head.append(b"transfer-encoding: chunked\r\n" if chunked else b"connection: close\r\n")
         head.append(b"\r\n")
-        protocol.transport.write(b"".join(head))
         self.conn = conn
         outlet = SocketOutlet(protocol.transport, chunked, self._endpoint.hub.queue_bytes,
                               self._ended)
-        conn.serve_on(outlet, self._endpoint.preamble())
+        conn.serve_on(outlet, b"".join(head), self._endpoint.preamble())
 
     def lost(self) -> None:
         """The connection is gone (the protocol's ``connection_lost``)."""

@@ -119,7 +119,7 @@ class Authenticator:
         )
         if not _is_safe_id(subject):
             raise AuthError("invalid subject")
-        return Identity(user_id=subject, expires_at=float(exp) + self._leeway)
+        return Identity(user_id=subject, expires_at=exp + self._leeway)
 
     async def close(self) -> None:
         """Abandon a JWKS fetch in flight (at shutdown)."""

@@ -112,8 +112,9 @@ def _seconds(claims: dict[str, Any], name: str) -> int:
 
 def check_claims(
     parsed: Parsed, now: float, leeway: float, audience: str | None, issuer: str | None
-) -> tuple[object, int]:
-    """``(sub, exp)`` of a token whose signature was verified."""
+) -> tuple[object, float]:
+    """``(sub, exp)`` of a token whose signature was verified; ``exp`` as given (a
+    stream lives until then), though whole seconds decide whether it has passed."""
     claims = _object(parsed.payload, "invalid token")
     for name in ("exp", "sub"):
         if claims.get(name) is None:  # a null claim is a missing one
@@ -122,8 +123,7 @@ def check_claims(
         raise AuthError("token not yet valid")
     if "nbf" in claims and _seconds(claims, "nbf") > now + leeway:
         raise AuthError("token not yet valid")
-    exp = _seconds(claims, "exp")
-    if exp <= now - leeway:
+    if _seconds(claims, "exp") <= now - leeway:
         raise AuthError("token expired")
     if issuer is not None:
         if "iss" not in claims:
@@ -134,7 +134,7 @@ def check_claims(
     for name in ("sub", "jti"):
         if name in claims and not isinstance(claims[name], str):
             raise AuthError("invalid token")
-    return claims["sub"], exp
+    return claims["sub"], float(claims["exp"])
 
 
 def _check_audience(claims: dict[str, Any], audience: str | None) -> None:

@@ -83,6 +83,12 @@ class Service:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def rss_kib(self) -> int:
+        """The service process's resident set size now (VmRSS), in KiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        (kib,) = (line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(kib)
+
     def token(self, user: str, ttl: float = 3600, **claims: Any) -> str:
         return make_token(user, ttl, **claims)
 

@@ -26,14 +26,6 @@ async def _closed_within(reader: asyncio.StreamReader, timeout: float) -> bytes:
     return received
 
 
-def _rss_kib(service: Service) -> int:
-    with open(f"/proc/{service.process.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.fixture
 def service(start_service) -> Service:
     return start_service(max_header_bytes=16_384, header_timeout_seconds=1)
@@ -48,7 +40,7 @@ async def test_a_head_over_the_budget_gets_431(service):
 
 
 async def test_a_flood_of_header_bytes_is_stopped_and_not_buffered(service):
-    before = _rss_kib(service)
+    before = service.rss_kib()
     reader, writer = await _connect(service)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
     sent = 0
@@ -61,7 +53,7 @@ async def test_a_flood_of_header_bytes_is_stopped_and_not_buffered(service):
     with contextlib.suppress(ConnectionError):
         await _closed_within(reader, 10)
     assert sent < 16 * 2**20, f"the server read {sent} bytes of one header"
-    assert _rss_kib(service) - before < 8 * 1024
+    assert service.rss_kib() - before < 8 * 1024
     writer.close()
 
 

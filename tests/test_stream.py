@@ -310,7 +310,6 @@ class RawStream:
             return False
 
 
-
 async def test_slow_client_is_cut_and_resumes_without_loss(start_service, open_stream):
     service = start_service(queue_size=32, max_event_bytes=70_000)
     token = service.token("slow")
@@ -364,14 +363,6 @@ async def _publish_blobs(service: Service, user: str, count: int, size: int,
     return count
 
 
-def _rss_kib(service: Service) -> int:
-    with open(f"/proc/{service.process.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 async def test_a_stalled_client_frees_its_slot_at_once_and_never_holds_shutdown(
     start_service, open_stream
 ):
@@ -404,10 +395,10 @@ async def test_bytes_bound_what_one_stream_may_hold(start_service):
     # Frames alone would allow 1024 x 60 kB here; the byte bound cuts at 256 KiB.
     service = start_service(queue_bytes=262_144, max_event_bytes=70_000)
     stalled = await RawStream.open(service, service.token("hoarder"))
-    before = _rss_kib(service)
+    before = service.rss_kib()
     published = await _publish_blobs(service, "hoarder", 600, 60_000)
     service.wait_for_log("slow_consumer")
-    grown_mib = (_rss_kib(service) - before) / 1024
+    grown_mib = (service.rss_kib() - before) / 1024
     # 600 x 60 kB is 34 MiB; history keeps its own copy (1000 events by default),
     # so allow for that once but not for a second, queued copy.
     history_mib = published * 60_000 / 2**20

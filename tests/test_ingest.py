@@ -156,17 +156,22 @@ def test_daprd_bulk_outcomes_follow_the_contract_table(status, body, outcomes):
 # -- services ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory) -> Iterator[Service]:
-    with running_service(tmp_path_factory.mktemp("ingest"),
+# The module's shared services run on both stream paths: deliveries reach the
+# streams of either.
+
+
+@pytest.fixture(scope="module", params=["socket", "asgi"])
+def service(tmp_path_factory, request) -> Iterator[Service]:
+    with running_service(tmp_path_factory.mktemp("ingest"), stream_path=request.param,
                          max_event_bytes=MAX_EVENT_BYTES) as svc:
         yield svc
 
 
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory) -> Iterator[Service]:
+@pytest.fixture(scope="module", params=["socket", "asgi"])
+def guarded(tmp_path_factory, request) -> Iterator[Service]:
     """A service behind an app API token, as when daprd has ``APP_API_TOKEN``."""
-    with running_service(tmp_path_factory.mktemp("guarded"), APP_API_TOKEN=APP_TOKEN) as svc:
+    with running_service(tmp_path_factory.mktemp("guarded"), stream_path=request.param,
+                         APP_API_TOKEN=APP_TOKEN) as svc:
         yield svc
 
 

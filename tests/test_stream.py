@@ -518,3 +518,13 @@ async def test_the_portable_endpoint_runs_under_plain_uvicorn(tmp_path, open_str
         assert await stream.tasks(1) == [3]
     finally:
         service.stop(signal.SIGKILL)
+
+
+async def test_a_stream_request_with_a_body_is_still_served(service):
+    token = service.token("bodied")
+    reader, writer = await _raw_request(
+        service, (f"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                  "Content-Length: 5\r\n\r\nhello").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head
+    writer.close()

@@ -56,11 +56,7 @@ _DISCARD = _Discard()
 
 class SocketStream:
     __slots__ = ("_protocol", "_endpoint", "_http_version", "conn", "response_complete",
-                 "disconnected", "keep_alive", "more_body")
-
-    #: uvicorn's protocol calls ``cycle.message_event.set()`` and adds to
-    #: ``cycle.body``; neither means anything to a stream.
-    body = _DISCARD
+                 "disconnected", "keep_alive", "more_body", "body")
 
     def __init__(
         self,
@@ -77,6 +73,9 @@ class SocketStream:
         self.disconnected = False
         self.keep_alive = keep_alive
         self.more_body = True
+        #: uvicorn's protocol adds what it parses of a request body here and calls
+        #: ``cycle.message_event.set()``; neither means anything to a stream.
+        self.body = _DISCARD
 
     @property
     def message_event(self) -> SocketStream:

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     port: int = Field(8005, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    #: SSE_LOG_FORMAT: "text" lines, or "json" (one object per line).
+    log_format: Literal["text", "json"] = "text"
 
     # Authentication
     jwt_secret: SecretStr | None = Field(
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     queue_bytes: int = Field(1_048_576, ge=4096)
     max_connections: int = Field(10_000, ge=1)
     max_connections_per_user: int = Field(32, ge=1)
+    #: SSE_MAX_CONNECT_RATE: streams admitted per second per process (token bucket,
+    #: burst of one second's worth); beyond it 503 with a jittered Retry-After.
+    max_connect_rate: float = Field(2000.0, gt=0)
     drain_seconds: float = Field(5.0, ge=0)
     demo_page: bool = False
     #: SSE_STREAM_PATH: "socket" serves /events on the socket under `serve`;

@@ -156,8 +156,11 @@ class Launcher:
 
     def ours(self, connections: int, **extra: str) -> Process:
         port = free_port()
+        # The accept case measures what a core can take, not the admission limit
+        # that spreads a reconnect storm out (SSE_MAX_CONNECT_RATE).
         settings = {"SSE_MAX_CONNECTIONS": str(max(10_000, connections + 200)),
-                    "SSE_MAX_CONNECTIONS_PER_USER": str(self.per_user + 10), **extra}
+                    "SSE_MAX_CONNECTIONS_PER_USER": str(self.per_user + 10),
+                    "SSE_MAX_CONNECT_RATE": "1000000", **extra}
         if self.queue_size is not None:
             settings["SSE_QUEUE_SIZE"] = str(self.queue_size)
         argv = [sys.executable, "-m", "sse_service", "serve", "--host", LOOPBACK,

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import Service, cloudevent, task_event
+from conftest import DAPR_HEADERS, Service, cloudevent, task_event
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("stream_path")]
 
@@ -120,3 +120,49 @@ async def test_a_live_stream_outlives_the_head_deadline(start_service, open_stre
             await asyncio.sleep(0.05)
     service.publish("long", 7)
     assert await stream.tasks(1) == [7]
+
+
+def _post(body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    lines = "".join(f"{k}: {v}\r\n" for k, v in {**DAPR_HEADERS, **(headers or {})}.items())
+    return (f"POST /task-updates HTTP/1.1\r\nHost: x\r\n{lines}content-length: {len(body)}"
+            "\r\n\r\n").encode() + body
+
+
+async def _responses(reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
+    answers = []
+    for _ in range(count):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        answers.append((int(head.split()[1]), await reader.readexactly(length)))
+    return answers
+
+
+async def test_pipelined_deliveries_are_answered_in_order(service, open_stream):
+    stream = await open_stream(service, token=service.token("piped-in"))
+    reader, writer = await _connect(service)
+    writer.write(b"".join(_post(cloudevent(task_event("piped-in", n))) for n in range(1, 17)))
+    answers = await _responses(reader, 16)
+    assert answers == [(200, b'{"status":"SUCCESS"}')] * 16
+    assert await stream.tasks(16) == list(range(1, 17))
+    writer.close()
+
+
+async def test_deliveries_mixed_with_other_requests_keep_their_order(start_service):
+    service = start_service(max_delivery_bytes=65_536, APP_API_TOKEN="app-token")
+    ok = {"dapr-api-token": "app-token"}
+    requests = [
+        _post(cloudevent(task_event("mixed", 1)), ok),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        _post(cloudevent(task_event("mixed", 2)), {"dapr-api-token": "wrong"}),
+        _post(b"x" * 70_000, ok),  # over the limit, by its Content-Length
+        _post(cloudevent(task_event("mixed", 3)), ok),
+    ]
+    reader, writer = await _connect(service)
+    writer.write(b"".join(requests))
+    answers = await _responses(reader, 5)
+    assert [status for status, _ in answers] == [200, 200, 401, 200, 200]
+    assert [json.loads(body) for _, body in answers] == [
+        {"status": "SUCCESS"}, {"status": "ok"}, {"detail": "missing or wrong dapr-api-token"},
+        {"status": "DROP"}, {"status": "SUCCESS"}]
+    writer.close()

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import EventError
 from .logs import escape
 
-__all__ = ["BodyLimit", "read_body"]
+__all__ = ["BodyLimit", "declared_length", "read_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 _MAX_LENGTH_DIGITS = 18
 
 
-def _declared_length(value: str | bytes | None) -> int | None:
+def declared_length(value: str | bytes | None) -> int | None:
     if value is None or not value.isdigit():
         return None
     return int(value) if len(value) <= _MAX_LENGTH_DIGITS else 10**_MAX_LENGTH_DIGITS
@@ -39,7 +39,7 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
 
     Raises ``ClientDisconnect`` when the client goes away mid-body.
     """
-    declared = _declared_length(content_length)
+    declared = declared_length(content_length)
     if declared is not None and declared > limit:
         raise EventError(f"delivery of {declared} bytes exceeds SSE_MAX_DELIVERY_BYTES={limit}")
     chunks: list[bytes] = []
@@ -78,7 +78,7 @@ class BodyLimit:
         chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
-                length = _declared_length(value)
+                length = declared_length(value)
             elif name == b"transfer-encoding":
                 chunked = True
         if length is not None and length > self._limit:

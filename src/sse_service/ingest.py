@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from .bodies import read_body
+from .bodies import declared_length, read_body
 from .broker import Broker
 from .cloudevents import dedupe_key, is_unicode, unwrap
 from .config import Settings
@@ -225,6 +225,27 @@ class DeliveryEndpoint:
         self._ingest = ingest
         self._denied = _Denied(settings)
         self._limit = settings.max_delivery_bytes
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def check(self, headers: Mapping[str, str]) -> Reply | None:
+        """The reply to a request refused before its body matters, else None."""
+        if self._denied(headers.get("dapr-api-token")):
+            return Reply(_DENIED, 401)
+        declared = declared_length(headers.get("content-length"))
+        if declared is not None and declared > self._limit:
+            reason = f"delivery of {declared} bytes exceeds SSE_MAX_DELIVERY_BYTES={self._limit}"
+            return self._ingest.refuse(headers, reason)
+        return None
+
+    async def answer(self, headers: Mapping[str, str], body: bytes | None) -> Reply:
+        """The reply to a whole body (None: it passed the limit while arriving)."""
+        if body is None:
+            reason = f"delivery exceeds SSE_MAX_DELIVERY_BYTES={self._limit}"
+            return self._ingest.refuse(headers, reason)
+        return await self._ingest.handle(body, headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":

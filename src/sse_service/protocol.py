@@ -38,11 +38,16 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import Settings
+from .ingest import ROUTE
+from .socket_delivery import DeliveryQueue, SocketDelivery
 from .socket_stream import SocketStream
 from .stream import TRANSPORT_EXTENSION, WANTED
 
 if TYPE_CHECKING:
+    from .ingest import DeliveryEndpoint
     from .stream import StreamEndpoint
+
+ROUTE_BYTES = ROUTE.encode()
 
 __all__ = ["BoundedHttpProtocol", "bounded_protocol"]
 
@@ -63,6 +68,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     head_timeout: ClassVar[float] = 10.0
     #: Set to serve ``GET /events`` on the socket; None leaves it to the app.
     stream_endpoint: ClassVar[StreamEndpoint | None] = None
+    #: Set to serve ``POST /task-updates`` on the socket; None leaves it to the app.
+    delivery_endpoint: ClassVar[DeliveryEndpoint | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,6 +80,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._deliveries: DeliveryQueue | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -133,18 +141,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._head_size > self.max_head_bytes:
             self._refuse(_TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
             return
-        if self.stream_endpoint is not None and self._take_over_stream():
+        if self.stream_endpoint is not None and self._take_over():
             return
         # Not a standard ASGI extension: ours, read only by the stream endpoint.
         self.scope["extensions"] = {TRANSPORT_EXTENSION: self.transport}  # type: ignore[dict-item]
         super().on_headers_complete()
 
-    def _take_over_stream(self) -> bool:
-        """Serve a stream request here when nothing else is in flight on the connection."""
+    def _take_over(self) -> bool:
+        """Serve a stream request, or a delivery, here rather than through the app."""
+        url = httptools.parse_url(self.url)
+        if self.parser.should_upgrade():
+            return False
+        if url.path == ROUTE_BYTES:
+            return self._take_over_delivery()
         endpoint = self.stream_endpoint
         assert endpoint is not None
-        url = httptools.parse_url(self.url)
-        if url.path != b"/events" or self.parser.should_upgrade():
+        if url.path != b"/events":
             return False
         if self.cycle is not None and not self.cycle.response_complete:
             return False  # pipelined behind another response: uvicorn queues it
@@ -161,6 +173,28 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # not keep its headers (the token among them) alive.
         self.scope = self.headers = None  # type: ignore[assignment]
         self.url = b""
+        return True
+
+    def _take_over_delivery(self) -> bool:
+        """A delivery on an idle connection, or pipelined behind other deliveries."""
+        endpoint = self.delivery_endpoint
+        cycle = self.cycle
+        if endpoint is None or self.parser.get_method() != b"POST":
+            return False
+        if cycle is not None and not cycle.response_complete \
+                and not isinstance(cycle, SocketDelivery):
+            return False  # behind another kind of response: uvicorn queues it
+        queue = self._deliveries
+        if queue is None:
+            queue = self._deliveries = DeliveryQueue(self)
+        http_version = self.parser.get_http_version()
+        keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
+        # All headers: daprd passes a single delivery's broker metadata in them.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
+        delivery = SocketDelivery(endpoint, headers, self.url, http_version, keep_alive,
+                                  queue.kick, self.flow.resume_reading)
+        self.cycle = delivery  # type: ignore[assignment]
+        queue.add(delivery)
         return True
 
     def on_body(self, body: bytes) -> None:
@@ -207,10 +241,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
 
 def bounded_protocol(
-    settings: Settings, stream_endpoint: StreamEndpoint | None = None
+    settings: Settings,
+    stream_endpoint: StreamEndpoint | None = None,
+    delivery_endpoint: DeliveryEndpoint | None = None,
 ) -> type[BoundedHttpProtocol]:
     """The protocol class for uvicorn's ``http=``, carrying this service's bounds
-    (and, given one, the endpoint whose streams it serves on the socket)."""
+    (and, given them, the endpoints whose requests it serves on the socket)."""
     return type(
         "BoundedHttpProtocol",
         (BoundedHttpProtocol,),
@@ -218,6 +254,7 @@ def bounded_protocol(
             "max_head_bytes": settings.max_header_bytes,
             "head_timeout": settings.header_timeout_seconds,
             "stream_endpoint": stream_endpoint,
+            "delivery_endpoint": delivery_endpoint,
         },
     )
 

@@ -77,9 +77,9 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=bounded_protocol(
-            settings, app.stream if settings.stream_path == "socket" else None
-        ),
+        http=bounded_protocol(settings, *(
+            (app.stream, app.deliveries) if settings.stream_path == "socket" else ()
+        )),
         ws="none",
         lifespan="on",
         log_config=log_config(settings.log_level),

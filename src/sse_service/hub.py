@@ -3,8 +3,8 @@
 It is the broker's :class:`~sse_service.broker.Sink`: each record is encoded
 to bytes once and the same bytes are offered to every stream of its user.
 One ticker serves every stream (keepalives, token expiry), so an idle stream
-costs no timer of its own.  Connection limits and the shutdown drain live
-here too.
+costs no timer of its own.  Connection limits, the connect-rate admission
+(:mod:`.admission`) and the shutdown drain live here too.
 
 A stream holds a slot (``count``, what the limits and ``/readyz`` see) from
 :meth:`Hub.open` until it is closed for any reason, and a socket
@@ -22,6 +22,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import sse
+from .admission import Admission
 from .broker import Broker, Position, Record
 from .config import Settings
 from .connection import Connection
@@ -41,6 +42,7 @@ class Hub:
         self.queue_bytes = settings.queue_bytes
         self._max_total = settings.max_connections
         self._max_per_user = settings.max_connections_per_user
+        self.admission = Admission(settings.max_connect_rate)
         self._users: dict[str, set[Connection]] = {}
         # Per user with streams here: True once subscribed, else the subscription
         # in progress, which other streams of the user opening meanwhile share.
@@ -94,6 +96,8 @@ class Hub:
         conns = self._users.get(user_id)
         if conns is not None and len(conns) >= self._max_per_user:
             raise UserLimitError(f"more than {self._max_per_user} streams for this user")
+        # Last of the checks, so a stream refused for another reason spends no token.
+        self.admission.check()
         conn = Connection(
             user_id, deadline, self._queue_size, asyncio.get_running_loop().time(),
             byte_limit=self.queue_bytes, on_close=self._release,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,22 +15,36 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from uvicorn.logging import AccessFormatter
 
-from conftest import SECRET, Service, cloudevent, free_port, make_token, wait_healthy
+from conftest import (
+    DAPR_HEADERS,
+    NO_TRACE,
+    SECRET,
+    Service,
+    cloudevent,
+    free_port,
+    make_token,
+    wait_healthy,
+)
+from sse_service.broker import Position, Record, Replay
+from sse_service.connection import Connection
 from sse_service.logs import (
     MAX_ARG_CHARS,
     MAX_LOGGED_CHARS,
+    MAX_MESSAGE_CHARS,
     SafeRecords,
     escape,
     install_filter,
     log_config,
     redact,
 )
+from sse_service.logs_json import JsonLines, trace_id
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -325,3 +342,215 @@ def test_plain_uvicorn_masks_and_escapes_its_access_log(plain_uvicorn):
                 + b"\r\n")
     marker(plain_uvicorn)
     assert_not_forged(plain_uvicorn.logs())
+
+
+# -- JSON lines ---------------------------------------------------------------------------
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
+
+
+def strict_json(line: str) -> dict[str, Any]:
+    """One JSON object as a strict parser reads it: no NaN or Infinity, valid UTF-8,
+    no lone surrogate even as an escape."""
+    assert one_line(line), line[:300]
+    line.encode("utf-8")
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    document = json.loads(line, parse_constant=refuse)
+    assert isinstance(document, dict)
+    json.dumps(document, ensure_ascii=False).encode("utf-8")
+    return document
+
+
+def json_record(msg: object, *args: object, name: str = "sse_service.test",
+                exc_info: bool = False, **extra: object) -> tuple[str, dict[str, Any]]:
+    """Log one record through the handler set-up of ``SSE_LOG_FORMAT=json``."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(SafeRecords())
+    handler.setFormatter(JsonLines())
+    logger = logging.getLogger(name)
+    saved = (logger.propagate, logger.level)
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    try:
+        logger.warning(msg, *args, extra=extra or None, exc_info=exc_info)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = saved
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n"), text[:300]
+    return text[:-1], strict_json(text[:-1])
+
+
+def test_a_json_line_has_time_level_logger_message_and_fields():
+    _, doc = json_record("dropping CloudEvent %s: %s", "evt-1", "bad task",
+                         cloudevent_id="evt-1", dapr_status="DROP", count=3, ratio=0.5)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", doc.pop("time"))
+    assert doc == {"level": "WARNING", "logger": "sse_service.test",
+                   "message": "dropping CloudEvent evt-1: bad task",
+                   "cloudevent_id": "evt-1", "dapr_status": "DROP", "count": 3, "ratio": 0.5}
+
+
+def test_the_json_access_record_has_its_fields_and_no_token():
+    token = make_token("42")
+    line, doc = json_record('%s - "%s %s HTTP/%s" %d', f"1.2.3.4\x85{FORGED}:0", "GET",
+                            f"/events?token=;{token}&n=1", "1.1", 401, name="uvicorn.access")
+    assert token not in line
+    assert {k: doc[k] for k in ("client", "method", "path", "http_version", "status")} == {
+        "client": f"1.2.3.4\\u0085{FORGED}:0", "method": "GET", "path": "/events?token=***&n=1",
+        "http_version": "1.1", "status": 401}
+    assert doc["message"] == f'1.2.3.4\\u0085{FORGED}:0 - "GET /events?token=***&n=1 HTTP/1.1" 401'
+
+
+def test_a_json_field_cannot_start_a_line_nor_make_a_huge_one():
+    line, doc = json_record("dropping CloudEvent %s", "x", cloudevent_id=f"evt-1\r\n{FORGED}",
+                            reason="e" * 10**6, path="/events?token=a.b.c")
+    assert doc["cloudevent_id"] == f"evt-1\\r\\n{FORGED}"
+    assert doc["reason"].endswith(f"eee...({10**6} chars)")
+    assert doc["path"] == "/events?token=***"
+    assert len(line) < 2 * MAX_ARG_CHARS
+
+
+def test_json_lines_stay_utf8_with_lone_surrogates_and_line_separators():
+    try:
+        raise ValueError("bad \ud800 \u2028 \x85 value")
+    except ValueError:
+        line, doc = json_record("user %s \udfff", "a\ud800b", exc_info=True, user_id="\udc00\u2029")
+    assert doc["message"] == "user a\\ud800b \\udfff"
+    assert doc["user_id"] == "\\udc00\\u2029"
+    assert doc["exc_info"].endswith("ValueError: bad \\ud800 \\u2028 \\u0085 value")
+
+
+def test_json_numbers_stay_numbers_and_never_become_nan():
+    _, doc = json_record("n", small=-7, flag=True, nothing=None, nan=float("nan"),
+                         inf=float("-inf"), huge=10**5000, thing=ValueError("x\ny"))
+    assert (doc["small"], doc["flag"], doc["nothing"]) == (-7, True, None)
+    assert (doc["nan"], doc["inf"]) == ("nan", "-inf")
+    assert doc["huge"] == "(16610-bit int)"
+    assert doc["thing"] == "x\\ny"
+
+
+@given(st.text(), st.text(), st.text())
+def test_every_json_line_parses_and_is_bounded(arg, field, msg):
+    line, doc = json_record(msg.replace("%", "") + " %s", arg, user_id=field)
+    assert len(line) < 3 * MAX_MESSAGE_CHARS
+    assert one_line(doc["user_id"]) and one_line(doc["message"])
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "trace"),
+    [
+        (TRACEPARENT, TRACE),
+        (TRACEPARENT[:-2] + "00", TRACE),
+        (NO_TRACE, None),
+        (f"00-{TRACE}-0000000000000000-01", None),
+        (TRACEPARENT.upper(), None),
+        (f"01-{TRACE}-00f067aa0ba902b7-01", None),
+        (TRACEPARENT + "-00", None),
+        (TRACEPARENT[:-1], None),
+        (f"00-{TRACE}\r\n-00f067aa0ba902-01", None),
+        ("00-" + "a" * 10**6, None),
+        ("", None),
+        (None, None),
+        (42, None),
+    ],
+)
+def test_trace_id_reads_only_a_valid_w3c_traceparent(traceparent, trace):
+    assert trace_id(traceparent) == trace
+
+
+def test_the_slow_consumer_warning_names_its_stream(caplog):
+    conn = Connection(f"u\r\n{FORGED}", None, 1, 0.0)
+    conn.start(Replay(Position("e1", 0), []), None, mark=False)
+    with caplog.at_level(logging.WARNING, logger="sse_service.connection"):
+        for offset in (1, 2):
+            record = Record(conn.user_id, "e1", offset, b"{}")
+            conn.offer(record, b"id: e1-%d\ndata: {}\n\n" % offset)
+    (warning,) = [r for r in caplog.records if r.name == "sse_service.connection"]
+    assert SafeRecords().filter(warning)
+    doc = strict_json(JsonLines().format(warning))
+    assert (doc["reason"], doc["user_id"]) == ("slow_consumer", f"u\\r\\n{FORGED}")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_log_config_filters_both_handlers_in_both_formats(fmt):
+    config = log_config("info", fmt)
+    for handler in config["handlers"].values():
+        assert handler["filters"] == ["safe"]
+    formatters = {f.get("()") for f in config["formatters"].values()}
+    assert ("sse_service.logs_json.JsonLines" in formatters) == (fmt == "json")
+
+
+# -- end to end: a real service's JSON log ----------------------------------------------
+
+
+def json_log(service: Service) -> list[dict[str, Any]]:
+    """Every line of the service's output, each one a JSON object."""
+    lines = service.logs().splitlines()
+    assert lines
+    for line in lines:
+        assert len(line) < 8 * MAX_ARG_CHARS, line[:300]
+    return [strict_json(line) for line in lines]
+
+
+def test_the_json_service_log_has_access_fields_and_masks_tokens(start_service):
+    service = start_service(log_format="json")
+    secret = uuid.uuid4().hex
+    assert raw_request(service.port, f"/healthz?token={secret}&x=1".encode()) \
+        == b"HTTP/1.1 200 OK"
+    assert_masked(service, make_token("42", secret="another-secret-" + "k" * 32))
+    raw_request(service.port, b"/healthz?x=%0d%0a" + FORGED.replace(" ", "%20").encode())
+    raw_request(service.port, b"/healthz", b"x-forwarded-for: 1.2.3.4\x85" + FORGED.encode()
+                + b"\r\n")
+    marker(service)
+    logs = service.logs()
+    assert secret not in logs
+    assert_not_forged(logs)
+    records = json_log(service)
+    (access,) = [r for r in records if r.get("path") == "/healthz?token=***&x=1"]
+    assert access["client"].startswith("127.0.0.1:")
+    assert (access["level"], access["logger"], access["method"], access["http_version"],
+            access["status"]) == ("INFO", "uvicorn.access", "GET", "1.1", 200)
+    assert [r for r in records if r.get("status") == 401 and r["path"].startswith("/events?")]
+
+
+def test_the_json_service_log_has_drop_fields_with_the_trace(start_service):
+    service = start_service(log_format="json", max_event_bytes=256)
+    traced = {**DAPR_HEADERS, "traceparent": TRACEPARENT}
+    big = {"event_type": "task.created", "user_id": "42", "task": {"title": "t" * 300}}
+    reply = service.deliver(cloudevent(big, event_id="evt-big"), traced)
+    assert reply.json()["status"] == "DROP"
+    forged = {"event_type": "task.created", "user_id": "42", "task": [1]}
+    reply = service.deliver(cloudevent(forged, event_id=f"evt-1\r\n{FORGED}"))
+    assert reply.json()["status"] == "DROP"
+    huge = {"event_type": "e" * 1_000_000, "user_id": "42", "task": {}}
+    reply = service.deliver(cloudevent(huge, event_id="evt-huge"),
+                            {**DAPR_HEADERS, "traceparent": TRACEPARENT.upper()})
+    assert reply.json()["status"] == "DROP"
+    # A bulk entry's trace is its CloudEvent's: daprd sends no header per entry.
+    event = json.loads(cloudevent(forged, event_id="evt-bulk", traceparent=TRACEPARENT))
+    bulk = {"entries": [{"entryId": "0", "event": event, "metadata": {"__key": "k"},
+                         "contentType": "application/cloudevents+json"}],
+            "id": "b-1", "metadata": {"pubsubName": "taskpubsub"}, "pubsubname": "taskpubsub",
+            "topic": "task-updates", "type": "com.dapr.event.sent.bulk"}
+    reply = service.deliver(json.dumps(bulk).encode(),
+                            {**DAPR_HEADERS, "content-type": "application/json"})
+    assert reply.json()["statuses"] == [{"entryId": "0", "status": "DROP"}]
+    service.wait_for_log('"evt-bulk"')
+    assert_not_forged(service.logs())
+    drops = {r["cloudevent_id"]: r for r in json_log(service) if "cloudevent_id" in r}
+    first = drops["evt-big"]
+    assert (first["level"], first["logger"], first["dapr_status"], first["trace_id"],
+            first["user_id"]) == ("WARNING", "sse_service.ingest", "DROP", TRACE, "42")
+    assert "SSE_MAX_EVENT_BYTES=256" in first["reason"]
+    assert first["message"].startswith("dropping CloudEvent evt-big: event of ")
+    (forged_id,) = [k for k in drops if k.startswith("evt-1")]
+    assert forged_id == escape(f"evt-1\r\n{FORGED}", 64)  # the id as the message shows it
+    assert (drops[forged_id]["trace_id"], drops[forged_id]["user_id"]) == (None, None)
+    assert drops["evt-huge"]["trace_id"] is None
+    assert drops["evt-huge"]["reason"].endswith("chars)")
+    assert drops["evt-bulk"]["trace_id"] == TRACE

@@ -210,6 +210,7 @@ class Connection:
             logger.warning(
                 "disconnecting a stream of user %s: %s (%d frames, %d bytes unsent)",
                 escape(self.user_id), CloseReason.SLOW_CONSUMER, frames, unsent,
+                extra={"reason": CloseReason.SLOW_CONSUMER, "user_id": escape(self.user_id)},
             )
             self.close(CloseReason.SLOW_CONSUMER, flush=False)
             return

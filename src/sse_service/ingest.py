@@ -37,6 +37,7 @@ from .deliveries import Unreadable, decode_delivery, is_bulk
 from .errors import BackendUnavailable, DaprStatus, EventError
 from .events import parse_task_event
 from .logs import escape
+from .logs_json import trace_id
 
 __all__ = ["ROUTE", "DeliveryEndpoint", "Ingest", "Reply", "dapr_router", "subscription"]
 
@@ -105,7 +106,9 @@ class Ingest:
 
     def refuse(self, headers: Mapping[str, str], reason: str) -> Reply:
         """The reply to a body that is no delivery at all, dropped whole."""
-        logger.warning("dropping a delivery: %s", escape(reason))
+        logger.warning("dropping a delivery: %s", escape(reason),
+                       extra={"dapr_status": DaprStatus.DROP.value, "reason": escape(reason),
+                              "trace_id": trace_id(headers.get("traceparent"))})
         content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         # daprd sends bulk deliveries as application/json, single ones as
         # application/cloudevents+json.
@@ -131,30 +134,37 @@ class Ingest:
             results = await self._broker.append_many([(r.user_id, r.key, r.data) for _, r in ready])
         except Exception as exc:
             logger.error("asking Dapr to retry %d events: unexpected %s",
-                         len(ready), escape(f"{type(exc).__name__}: {exc}"))
+                         len(ready), escape(f"{type(exc).__name__}: {exc}"),
+                         extra={"dapr_status": DaprStatus.RETRY.value})
             logger.debug("the unexpected error", exc_info=True)
             return statuses
         for (index, item), result in zip(ready, results, strict=True):
             if isinstance(result, BackendUnavailable):
                 # Later items failed too (append_many keeps order): daprd retries them all.
                 logger.warning("asking Dapr to retry CloudEvent %s: %s",
-                               escape(item.name, _NAME_CHARS), escape(result.reason))
+                               escape(item.name, _NAME_CHARS), escape(result.reason),
+                               extra=_fields(item.name, DaprStatus.RETRY, item.user_id,
+                                             *deliveries[index], reason=result.reason))
                 continue
             statuses[index] = DaprStatus.SUCCESS
             if result.duplicate:
                 logger.info("CloudEvent %s already stored as %s; acknowledged again",
-                            escape(item.name, _NAME_CHARS), result.record.position)
+                            escape(item.name, _NAME_CHARS), result.record.position,
+                            extra=_fields(item.name, DaprStatus.SUCCESS, item.user_id,
+                                          *deliveries[index]))
         return statuses
 
     def _prepare(self, event: object, metadata: Mapping[str, object]) -> _Ready | None:
         """The event ready to append, or None after logging why it is dropped."""
         name = _id_of(event)
+        user: str | None = None
         try:
             if isinstance(event, Unreadable):
                 raise EventError(f"event is {event.reason}")
             envelope = unwrap(event)
             name = envelope.cloudevent_id or name
             task_event = parse_task_event(envelope.payload)
+            user = task_event.user_id
             data = task_event.data()
             if len(data) > self._max_bytes:
                 raise EventError(
@@ -163,12 +173,16 @@ class Ingest:
             key = dedupe_key(envelope, metadata, data)
         except EventError as exc:
             logger.warning("dropping CloudEvent %s: %s", escape(name, _NAME_CHARS),
-                           escape(exc.reason))
+                           escape(exc.reason),
+                           extra=_fields(name, DaprStatus.DROP, user, event, metadata,
+                                         reason=exc.reason))
             return None
         except Exception as exc:
             # Validation does no I/O: what fails here fails on every redelivery.
             logger.error("dropping CloudEvent %s: unexpected %s while reading it",
-                         escape(name, _NAME_CHARS), type(exc).__name__)
+                         escape(name, _NAME_CHARS), type(exc).__name__,
+                         extra=_fields(name, DaprStatus.DROP, user, event, metadata,
+                                       reason=type(exc).__name__))
             return None
         return _Ready(task_event.user_id, key, data, name)
 
@@ -190,6 +204,18 @@ class Ingest:
             deliveries.append((event, metadata if isinstance(metadata, dict) else {}))
         statuses = await self.store(deliveries)
         return [{"entryId": i, "status": s.value} for i, s in zip(ids, statuses, strict=True)]
+
+
+def _fields(name: str, status: DaprStatus, user: str | None, event: object,
+            metadata: Mapping[str, object], reason: str | None = None) -> dict[str, object]:
+    """The structured fields of a log line about one delivery.  The trace is
+    daprd's ``traceparent`` header, or for a bulk entry its CloudEvent's own."""
+    traceparent = metadata.get("traceparent")
+    if traceparent is None and isinstance(event, dict):
+        traceparent = event.get("traceparent")
+    return {"cloudevent_id": escape(name, _NAME_CHARS), "dapr_status": status.value,
+            "user_id": None if user is None else escape(user), "trace_id": trace_id(traceparent),
+            "reason": None if reason is None else escape(reason)}
 
 
 def _id_of(event: object) -> str:

@@ -1,4 +1,4 @@
-"""Logging set-up: one format, one line per record, and no token in any line.
+"""Logging set-up: one line per record, as text or as JSON, and no token in any line.
 
 Browsers that cannot send headers put the token in ``?token=``; uvicorn's
 access log prints the whole request line, so the value is masked first.
@@ -11,6 +11,9 @@ line separators and bounds the length of every string argument, and when a
 record's formatted message would still hold a line break (an exception or
 other object among the arguments) it replaces the message by its escaped text.
 Tracebacks (``exc_info``) are left as they are: they are multi-line by nature.
+
+With ``SSE_LOG_FORMAT=json`` each record is one JSON object instead
+(:mod:`.logs_json`), behind the same filter.
 """
 
 from __future__ import annotations
@@ -160,22 +163,24 @@ def install_filter(*names: str) -> None:
             handler.addFilter(SafeRecords())
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """A ``logging.config.dictConfig`` for uvicorn and the service."""
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+def log_config(level: str, fmt: str = "text") -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for uvicorn and the service; ``fmt`` is
+    ``SSE_LOG_FORMAT``: ``text`` or ``json``."""
+    text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     access = '%(asctime)s INFO access: %(client_addr)s "%(request_line)s" %(status_code)s'
+    formatters: dict[str, Any] = {
+        "default": {"format": text},
+        "access": {"()": "uvicorn.logging.AccessFormatter", "fmt": access, "use_colors": False},
+    }
+    if fmt == "json":
+        # By name: logs_json builds on this module.
+        json_lines = "sse_service.logs_json.JsonLines"
+        formatters = {"default": {"()": json_lines}, "access": {"()": json_lines}}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"safe": {"()": SafeRecords}},
-        "formatters": {
-            "default": {"format": fmt},
-            "access": {
-                "()": "uvicorn.logging.AccessFormatter",
-                "fmt": access,
-                "use_colors": False,
-            },
-        },
+        "formatters": formatters,
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "default",
                         "filters": ["safe"], "stream": "ext://sys.stderr"},

@@ -82,7 +82,7 @@ def serve(settings: Settings) -> None:
         )),
         ws="none",
         lifespan="on",
-        log_config=log_config(settings.log_level),
+        log_config=log_config(settings.log_level, settings.log_format),
         access_log=settings.access_log,
         # The socket's peer is the client: a forwarding header is a claim, not a
         # fact, and the demo's loopback check must never read one.

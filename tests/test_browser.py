@@ -222,11 +222,12 @@ async def test_expired_token_is_replaced_without_losing_events(
     await expect_status(page, "open")
     await publish(service.url, "42", 1)
     await wait_tasks(page, [1])
-    # The token runs out: the server ends the stream, the browser's retry is
-    # refused with 401, and the client asks for a new token.
+    # The token runs out: the server's close event says so, and the client
+    # asks for a new token at once instead of letting the browser retry with
+    # the old one into a 401.
     await poll(lambda: len(mints) >= 2, 15, "a token refresh")
     await expect_status(page, "reconnecting")
-    assert count_requests(service.logs(), "/events", 401) >= 1
+    await expect(page.get_by_test_id("status")).to_have_attribute("title", "token_expired")
     for task_id in (2, 3):
         await publish(service.url, "42", task_id)
     refresh.set()
@@ -235,6 +236,39 @@ async def test_expired_token_is_replaced_without_losing_events(
     await wait_tasks(page, [1, 2, 3, 4])
     await expect(page.locator("#resync")).to_be_hidden()
     assert len(mints) == 2
+    assert count_requests(service.logs(), "/events", 401) == 0
+    assert count_requests(service.logs(), "/events", 200) == 2
+
+
+async def test_server_shutdown_reconnects_after_a_delay_from_the_last_id(
+    browser: Browser, start_service: Callable[..., Service]
+) -> None:
+    service = start_service(retry_ms=400, demo_page=True)
+    proxy = await CuttableProxy(service.port).start()
+    try:
+        page = await open_demo(browser, proxy.url, "user=42")
+        await expect_status(page, "open")
+        await publish(service.url, "42", 1)
+        await wait_tasks(page, [1])
+        last_id = (await page.locator("#last-id").text_content() or "").strip()
+        before = len(proxy.requests)
+        # A deploy: the replica drains, and its close event names the reason.
+        service.process.send_signal(signal.SIGTERM)
+        await expect_status(page, "reconnecting")
+        badge = page.get_by_test_id("status")
+        await expect(badge).to_have_attribute("title", "server_shutdown", timeout=WAIT_MS)
+        assert await asyncio.to_thread(service.process.wait, 15) == 0
+        restarted = await asyncio.to_thread(start_service, port=service.port, retry_ms=400,
+                                            demo_page=True)
+        await expect_status(page, "open")
+        await publish(restarted.url, "42", 2)
+        await wait_tasks(page, [1, 2])
+        streams = [r for r in proxy.requests[before:] if r.startswith("GET /events")]
+        # The client's own reconnect, from its last id; not the browser's retry.
+        assert streams and all(f"lastEventId={last_id}" in r for r in streams), streams
+        assert not any("last-event-id:" in r.lower() for r in streams), streams
+    finally:
+        await proxy.close()
 
 
 async def test_reload_resumes_from_the_stored_id(browser: Browser, service: Service) -> None:

@@ -66,7 +66,9 @@ def test_overflow_cuts_the_stream_as_slow_consumer_and_frees_the_queue():
         conn.offer(record(n), frame(record(n)))
     assert conn.reason == "slow_consumer"
     # What was queued is dropped; only the closing frame is left to send.
-    assert conn.outlet.take() == b": closing: slow_consumer\n\n"
+    assert conn.outlet.take() == (
+        b': closing: slow_consumer\nevent: close\ndata: {"type":"close","reason":"slow_consumer"}'
+        b"\n\n")
 
 
 def test_replayed_history_does_not_count_against_the_limit():

@@ -9,15 +9,20 @@ should agree, the decoder is compared with httpx-sse's independent parser.
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
+from sse_service.broker import Position
+from sse_service.connection import KEEPALIVE, closing_frame, ready_frame, resync_frame
+from sse_service.errors import CloseReason, ResyncReason
 from sse_service.sse import (
     Decoder,
     ServerSentEvent,
     encode,
     encode_comment,
+    encode_comment_line,
     encode_message,
     encode_retry,
 )
@@ -402,3 +407,88 @@ def test_httpx_sse_reads_what_the_encoder_writes():
         ("", "message", "e-3"),
     ]
     assert httpx_sse_decode(frames) == ours(frames)
+
+
+# -- the service's own framing: no block without data ---------------------------------
+
+
+def httpx_sse_messages(*chunks: str) -> list[tuple[str, str, str]]:
+    """Every message httpx-sse hands its caller, data-less ones included."""
+    lines = SSELineDecoder()
+    decoder = SSEDecoder()
+    return [(event.data, event.event, event.id) for chunk in chunks
+            for line in lines.decode(chunk)
+            if (event := decoder.decode(line)) is not None]
+
+
+def test_a_comment_line_without_a_blank_line_dispatches_nothing():
+    assert encode_comment_line("keepalive") == b": keepalive\n"
+    # Alone, after an id, and inside a block: a comment line is skipped and
+    # only a blank line ends a block.
+    assert datas(": keepalive\n" * 3) == []
+    events, decoder = decode("id: 7\ndata: a\n\n: keepalive\n: keepalive\n")
+    assert [e.data for e in events] == ["a"] and decoder.last_event_id == "7"
+    assert datas("data: a\n: keepalive\ndata: b\n\n") == ["a\nb"]
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "a\rb", "\n"], ids=repr)
+def test_encode_comment_line_refuses_line_breaks(bad):
+    with pytest.raises(ValueError):
+        encode_comment_line(bad)
+
+
+def test_retry_takes_effect_before_its_block_ends():
+    _, decoder = decode("retry: 2500\n: connected\n")
+    assert decoder.retry == 2500
+    events, _ = decode("retry: 2500\n: connected\nid: e-0\nevent: ready\ndata: {}\n\n")
+    assert [(e.event, e.id, e.retry) for e in events] == [("ready", "e-0", 2500)]
+
+
+HEAD = Position("ep", 3)
+PREAMBLE = encode_retry(3100) + encode_comment_line("connected")
+# What a stream can carry, in the orders it can carry it.
+SESSIONS = {
+    "new": [PREAMBLE, ready_frame(HEAD), KEEPALIVE, encode_message("ep-4", b'{"n":4}'),
+            KEEPALIVE, KEEPALIVE, closing_frame(CloseReason.TOKEN_EXPIRED)],
+    "resync": [PREAMBLE, resync_frame(HEAD, ResyncReason.UNKNOWN_EPOCH), KEEPALIVE,
+               closing_frame(CloseReason.SERVER_SHUTDOWN)],
+    "resumed, idle": [PREAMBLE, KEEPALIVE, KEEPALIVE, encode_message("ep-4", b'{"n":4}'),
+                      closing_frame(CloseReason.SLOW_CONSUMER)],
+    "resumed, replay": [PREAMBLE + encode_message("ep-4", b'{"n":4}'), KEEPALIVE,
+                        closing_frame(CloseReason.SERVER_SHUTDOWN)],
+    "client gone": [PREAMBLE, ready_frame(HEAD), KEEPALIVE,
+                    closing_frame(CloseReason.CLIENT_DISCONNECTED),
+                    closing_frame(CloseReason.CLOSED)],
+}
+
+
+@pytest.mark.parametrize("frames", SESSIONS.values(), ids=SESSIONS.keys())
+def test_every_message_of_a_stream_has_json_data_for_both_parsers(frames):
+    stream = b"".join(frames).decode()
+    theirs = httpx_sse_messages(stream)
+    assert theirs and all(data for data, _, _ in theirs), theirs
+    for data, _, _ in theirs:
+        json.loads(data)
+    assert ours(stream) == theirs
+    for chunks in every_split(stream)[:: max(1, len(stream) // 16)]:
+        assert httpx_sse_messages(*chunks) == theirs, chunks
+
+
+def test_the_close_event_names_its_reason_and_moves_no_id():
+    stream = (ready_frame(HEAD) + KEEPALIVE + closing_frame(CloseReason.SERVER_SHUTDOWN)).decode()
+    events, decoder = decode(stream)
+    assert [(e.event, e.id) for e in events] == [("ready", "ep-3"), ("close", "ep-3")]
+    assert json.loads(events[1].data) == {"type": "close", "reason": "server_shutdown"}
+    assert decoder.last_event_id == "ep-3"
+    # A comment too, for people reading with curl.
+    assert stream.count(": closing: server_shutdown\n") == 1
+
+
+@pytest.mark.parametrize("reason", list(CloseReason), ids=str)
+def test_only_reasons_a_live_client_can_get_become_close_events(reason):
+    events, _ = decode(closing_frame(reason).decode())
+    if reason in (CloseReason.CLIENT_DISCONNECTED, CloseReason.CLOSED):
+        assert events == []
+    else:
+        assert [(e.event, json.loads(e.data)) for e in events] == [
+            ("close", {"type": "close", "reason": str(reason)})]

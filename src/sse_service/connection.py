@@ -10,11 +10,18 @@ else waits.  However a stream ends, its closing frame is still written, and a
 client that has not taken it :data:`~.outlet.FLUSH_SECONDS` later has its
 socket aborted, so a stalled client never holds a socket, a slot or a
 shutdown.
+
+Framing rule: every blank line the server sends ends a block that has
+``data``.  Comments (``: connected``, ``: keepalive``, ``: closing: …``) and
+the ``retry:`` line go out without a blank line of their own, so they join the
+next event's block; clients that turn every block into a message (httpx-sse,
+fetch-event-source) never see one without data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 
@@ -25,11 +32,19 @@ from .events import resync_data
 from .logs import escape
 from .outlet import QueueOutlet, SocketOutlet, chunk
 
-__all__ = ["KEEPALIVE", "Connection", "ready_frame", "resync_frame"]
+__all__ = [
+    "KEEPALIVE",
+    "KEEPALIVE_CHUNK",
+    "Connection",
+    "closing_frame",
+    "ready_frame",
+    "resync_frame",
+]
 
 logger = logging.getLogger(__name__)
 
-KEEPALIVE = sse.encode_comment("keepalive")
+# A bare comment line: it dispatches nothing, so no client sees an empty message.
+KEEPALIVE = sse.encode_comment_line("keepalive")
 KEEPALIVE_CHUNK = chunk(KEEPALIVE)
 READY_DATA = '{"type":"ready"}'
 
@@ -217,5 +232,24 @@ class Connection:
         self.active = True
 
 
-def closing_frame(reason: str) -> bytes:
-    return sse.encode_comment(f"closing: {reason}")
+#: Reasons only ever given to streams whose client is already gone.
+_UNSEEN = frozenset({CloseReason.CLIENT_DISCONNECTED, CloseReason.CLOSED})
+
+
+def _closing(reason: CloseReason) -> bytes:
+    # The comment is for people reading with curl (and tools that grep for
+    # it); the event is what script can see.  No id: the close must not move
+    # the client's lastEventId.
+    comment = sse.encode_comment_line(f"closing: {reason}")
+    if reason in _UNSEEN:
+        return comment
+    data = json.dumps({"type": "close", "reason": str(reason)}, separators=(",", ":"))
+    return comment + sse.encode(data, event="close")
+
+
+_CLOSING = {reason: _closing(reason) for reason in CloseReason}
+
+
+def closing_frame(reason: CloseReason) -> bytes:
+    """The last frame of a stream: ``event: close`` with the reason as JSON data."""
+    return _CLOSING[reason]

@@ -17,6 +17,7 @@ __all__ = [
     "ServerSentEvent",
     "encode",
     "encode_comment",
+    "encode_comment_line",
     "encode_message",
     "encode_retry",
 ]
@@ -55,6 +56,15 @@ def encode(
 def encode_comment(text: str = "") -> bytes:
     """Comment lines, ignored by clients; they keep proxies and NAT tables awake."""
     return "".join(f": {line}\n" for line in _lines(text)).encode() + b"\n"
+
+
+def encode_comment_line(text: str) -> bytes:
+    """One comment line with no blank line after it: a parser ignores it and
+    dispatches nothing, so it can stand before any block without ending one
+    (clients that make a message of every block would see an empty one)."""
+    if "\r" in text or "\n" in text:
+        raise ValueError("a comment line must not contain CR or LF")
+    return f": {text}\n".encode()
 
 
 def encode_retry(milliseconds: int) -> bytes:

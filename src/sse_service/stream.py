@@ -112,7 +112,11 @@ class StreamEndpoint:
     def preamble(self) -> bytes:
         # Jitter spreads the reconnects of a whole deploy over a few seconds.
         retry = int(self._retry_ms * random.uniform(0.75, 1.25))
-        return sse.encode_retry(retry) + b": connected\n\n"
+        # No blank line: these lines open the block of the stream's first event
+        # (its ready or resync frame, or the first replayed one), since a block
+        # of its own would reach some clients as a message without data.  The
+        # comment still makes proxies flush the head at once.
+        return sse.encode_retry(retry) + b": connected\n"
 
     async def _open(self, headers: Mapping[str, str], query: dict[str, list[str]]) -> Connection:
         token = _bearer(headers.get("authorization")) or _cookie(headers.get("cookie"))

@@ -4,7 +4,8 @@
  * A dependency-free ES module to copy into a frontend.  It wraps `EventSource`
  * and adds what a bare one lacks: a callback per task event, a connection
  * status, token refresh, backoff while the server is unreachable, resume
- * across page reloads (sessionStorage) and duplicate suppression.
+ * across page reloads (sessionStorage), duplicate suppression, and acting on
+ * the reason the server gives when it ends a stream (its `close` event).
  * docs/browser.md explains each behaviour.
  *
  * @example
@@ -43,6 +44,11 @@
  * @property {(reason: string, id: string) => void} [onResync] Events may be missing:
  *   refetch the state this stream keeps up to date.
  * @property {(status: Status, detail?: string) => void} [onStatus] Every status change.
+ *   After a server `close` event the detail is its reason (`token_expired`,
+ *   `server_shutdown`, `slow_consumer`, `revoked`).
+ * @property {number} [shutdownDelayMs=2000] After `server_shutdown`, reconnect within
+ *   this many milliseconds (a random point in it), so the tabs of a draining replica
+ *   do not all arrive at the next one together.
  * @property {number} [backoffMs=1000] First backoff ceiling; doubles up to maxBackoffMs.
  * @property {number} [maxBackoffMs=30000]
  * @property {number} [maxErrors=3] Failed browser retries in a row before backing off.
@@ -50,7 +56,7 @@
  */
 
 const DEFAULTS = { url: "/events", withCredentials: false, storageKey: "sse:lastEventId",
-  backoffMs: 1000, maxBackoffMs: 30000, maxErrors: 3, dedupeSize: 1000 };
+  backoffMs: 1000, maxBackoffMs: 30000, maxErrors: 3, dedupeSize: 1000, shutdownDelayMs: 2000 };
 
 export class TaskStream {
   #o;
@@ -125,7 +131,32 @@ export class TaskStream {
       this.#store(event.lastEventId);
       this.#o.onReady?.(event.lastEventId);
     });
+    // The server names why it ends a stream; acting on it beats the browser's
+    // blind retry (which, after token expiry, would only meet a 401).
+    es.addEventListener("close", (event) => { if (es === this.#es) this.#closed(event); });
     es.onerror = () => { if (es === this.#es) this.#error(es, url); };
+  }
+
+  #closed(event) {
+    let reason = "unknown";
+    try {
+      reason = JSON.parse(event.data).reason ?? reason;
+    } catch { /* treated like a shutdown below */ }
+    // This stream is over: stop the browser's own retry before it starts.
+    this.#teardown();
+    if (reason === "revoked") {
+      this.close(reason);
+      return;
+    }
+    this.#setStatus("reconnecting", reason);
+    if (reason === "token_expired" || reason === "slow_consumer") {
+      // A fresh token (getToken), resuming from the last id at once.
+      this.#connect();
+    } else {
+      // server_shutdown, or a reason this client does not know yet.
+      const delay = Math.random() * this.#o.shutdownDelayMs;
+      this.#timer = setTimeout(() => this.#connect(), delay);
+    }
   }
 
   #error(es, url) {

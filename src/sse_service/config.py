@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     history_size: int = Field(1000, ge=1)
     history_ttl_seconds: int = Field(86_400, ge=1)
+    #: SSE_REVOCATION_TTL_SECONDS: how long a sign-out is remembered: the longest
+    #: lifetime of a token your issuer signs.
+    revocation_ttl_seconds: int = Field(86_400, ge=1)
     #: SSE_REDIS_TIMEOUT_SECONDS: connect and reply timeout of every Redis call.
     redis_timeout_seconds: float = Field(1.0, gt=0, le=30)
 

@@ -47,6 +47,7 @@ class CloseReason(StrEnum):
     TOKEN_EXPIRED = "token_expired"
     SLOW_CONSUMER = "slow_consumer"
     SERVER_SHUTDOWN = "server_shutdown"
+    REVOKED = "revoked"
     CLOSED = "closed"
 
 

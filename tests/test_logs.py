@@ -554,3 +554,24 @@ def test_the_json_service_log_has_drop_fields_with_the_trace(start_service):
     assert drops["evt-huge"]["trace_id"] is None
     assert drops["evt-huge"]["reason"].endswith("chars)")
     assert drops["evt-bulk"]["trace_id"] == TRACE
+
+
+@pytest.mark.parametrize("status", [200, 401, 404, 429, 503, 299])
+def test_the_text_access_line_is_uvicorns_own(status):
+    # Our formatter renders the access line without copying the record; it must
+    # render exactly what uvicorn's AccessFormatter does.
+    from uvicorn.logging import AccessFormatter
+
+    from sse_service.logs import TextLines
+
+    fmt = '%(asctime)s INFO access: %(client_addr)s "%(request_line)s" %(status_code)s'
+    args = ("127.0.0.1:5555", "GET", "/events?lastEventId=e-1", "1.1", status)
+
+    def record() -> logging.LogRecord:
+        made = logging.LogRecord("uvicorn.access", logging.INFO, "f", 1,
+                                 '%s - "%s %s HTTP/%s" %d', args, None)
+        made.created, made.msecs = 1_796_000_000.25, 250.0
+        return made
+
+    assert TextLines(fmt).format(record()) == AccessFormatter(fmt, use_colors=False).format(
+        record())

@@ -18,8 +18,10 @@ With ``SSE_LOG_FORMAT=json`` each record is one JSON object instead
 
 from __future__ import annotations
 
+import http
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
@@ -163,14 +165,47 @@ def install_filter(*names: str) -> None:
             handler.addFilter(SafeRecords())
 
 
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in http.HTTPStatus}
+
+
+class TextLines(logging.Formatter):
+    """The text format: logging's own, with the time stamp rendered once a second,
+    and uvicorn's access-log fields (``client_addr``, ``request_line``,
+    ``status_code`` as ``"200 OK"``) made from an access record's arguments, as
+    uvicorn's ``AccessFormatter`` makes them but without copying the record
+    (each access record has this one handler)."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        args = record.args
+        if record.name == _ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5:
+            client_addr, method, full_path, http_version, status_code = args
+            code = status_code if isinstance(status_code, int) else int(str(status_code))
+            record.client_addr = client_addr
+            record.request_line = f"{method} {full_path} HTTP/{http_version}"
+            record.status_code = _STATUS_LINES.get(code) or f"{code} "
+        return super().formatMessage(record)
+
+
 def log_config(level: str, fmt: str = "text") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for uvicorn and the service; ``fmt`` is
     ``SSE_LOG_FORMAT``: ``text`` or ``json``."""
     text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     access = '%(asctime)s INFO access: %(client_addr)s "%(request_line)s" %(status_code)s'
     formatters: dict[str, Any] = {
-        "default": {"format": text},
-        "access": {"()": "uvicorn.logging.AccessFormatter", "fmt": access, "use_colors": False},
+        "default": {"()": TextLines, "fmt": text},
+        "access": {"()": TextLines, "fmt": access},
     }
     if fmt == "json":
         # By name: logs_json builds on this module.

@@ -62,6 +62,8 @@ _Key = tuple[str, str | None, jwt.PyJWK]
 class Identity:
     user_id: str
     expires_at: float
+    #: The token's ``iat`` (whole seconds); ``None`` when it has none.
+    issued_at: float | None = None
 
 
 class _JwksError(Exception):
@@ -114,12 +116,14 @@ class Authenticator:
             tokens.verify_hmac(parsed, algorithm, key)
         else:
             tokens.verify_signature(parsed, algorithm, key)
-        subject, exp = tokens.check_claims(
+        claims = tokens.claims_of(
             parsed, time.time(), self._leeway, self._audience, self._issuer
         )
+        subject = claims.subject
         if not _is_safe_id(subject):
             raise AuthError("invalid subject")
-        return Identity(user_id=subject, expires_at=exp + self._leeway)
+        return Identity(user_id=subject, expires_at=claims.expires + self._leeway,
+                        issued_at=claims.issued_at)
 
     async def close(self) -> None:
         """Abandon a JWKS fetch in flight (at shutdown)."""

@@ -44,6 +44,15 @@ Subscriptions
     ``unsubscribe(user)`` the user's records stop reaching the sink.  Calls
     for one user may interleave; the last one wins.
 
+Revocations
+    ``revoke(user, not_before, ttl_seconds)`` keeps, for ``ttl_seconds``, the
+    latest ``not_before`` (unix time) given for the user: a sign-out
+    everywhere.  Every replay made meanwhile carries it in
+    ``Replay.revoked_before``, so a reader learns it in the read it makes
+    anyway; it is stored before it is announced, and every replica with the
+    user subscribed then hears :meth:`Sink.revoked` with the effective (latest)
+    value.  A revocation is not a record: it takes no offset and is not replayed.
+
 Failures
     Backend outages raise :class:`~sse_service.errors.BackendUnavailable`.
     When a backend that lost its connection has it back, it calls
@@ -112,6 +121,8 @@ class Replay:
     head: Position
     records: list[Record] = field(default_factory=list)
     resync: str | None = None
+    #: Tokens of the user issued before this unix time are refused (sign-out).
+    revoked_before: float | None = None
 
 
 class Sink(Protocol):
@@ -120,6 +131,10 @@ class Sink(Protocol):
     def deliver(self, record: Record) -> None: ...
 
     def resumed(self) -> None: ...
+
+    def revoked(self, user_id: str, not_before: float) -> None:
+        """End the user's streams whose token was issued before ``not_before``."""
+        ...
 
 
 class Broker(Protocol):
@@ -143,6 +158,11 @@ class Broker(Protocol):
         ...
 
     async def replay(self, user_id: str, after: Position | None) -> Replay: ...
+
+    async def revoke(self, user_id: str, not_before: float, ttl_seconds: float) -> None:
+        """Keep the latest ``not_before`` of the user for ``ttl_seconds`` and tell
+        every replica with the user subscribed (``Sink.revoked``)."""
+        ...
 
     async def subscribe(self, user_id: str) -> None: ...
 

@@ -15,6 +15,10 @@ the users that are due, never all of them.  Whenever a sweep forgets
 someone, the epoch given to new histories moves on (prefix plus a
 generation count): a forgotten user's next history never reuses an id, and
 an id from the forgotten one is answered with ``resync`` (``unknown_epoch``).
+
+Revocations are kept apart from histories (forgetting a history must not
+forget a sign-out), in a dict bounded by the users revoked within their TTL
+and swept from a heap of their expiries by the same task.
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ class MemoryBroker:
         self._sink: Sink | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._sweeps = 0
+        #: user -> (not_before, expires on ``clock``), and the expiries as a heap.
+        self._revoked: dict[str, tuple[float, float]] = {}
+        self._revoked_due: list[tuple[float, str]] = []
 
     @property
     def users(self) -> int:
@@ -142,22 +149,38 @@ class MemoryBroker:
         return results
 
     async def replay(self, user_id: str, after: Position | None) -> Replay:
+        now = self._clock()
+        revoked = self._revoked.get(user_id)
+        before = revoked[0] if revoked is not None and revoked[1] > now else None
         # Even a read creates the history: the head it returns must stay
         # valid for the reader's next visit.
-        history = self._history(user_id, self._clock())
+        history = self._history(user_id, now)
         head = Position(history.epoch, history.head)
         if after is None:
-            return Replay(head)
+            return Replay(head, revoked_before=before)
         if after.epoch != history.epoch:
-            return Replay(head, resync=ResyncReason.UNKNOWN_EPOCH)
+            return Replay(head, resync=ResyncReason.UNKNOWN_EPOCH, revoked_before=before)
         if after.offset > history.head:
-            return Replay(head, resync=ResyncReason.UNKNOWN_POSITION)
+            return Replay(head, resync=ResyncReason.UNKNOWN_POSITION, revoked_before=before)
         records = history.records or ()
         first = records[0][0].offset if records else history.head + 1
         if after.offset < first - 1:
-            return Replay(head, resync=ResyncReason.EXPIRED)
+            return Replay(head, resync=ResyncReason.EXPIRED, revoked_before=before)
         skip = after.offset - first + 1
-        return Replay(head, [entry[0] for entry in itertools.islice(records, skip, None)])
+        return Replay(head, [entry[0] for entry in itertools.islice(records, skip, None)],
+                      revoked_before=before)
+
+    async def revoke(self, user_id: str, not_before: float, ttl_seconds: float) -> None:
+        now = self._clock()
+        expires = now + ttl_seconds
+        current = self._revoked.get(user_id)
+        if current is not None and current[1] > now:
+            not_before = max(not_before, current[0])
+            expires = max(expires, current[1])
+        self._revoked[user_id] = (not_before, expires)
+        heapq.heappush(self._revoked_due, (expires, user_id))
+        if self._sink is not None and user_id in self._subscribed:
+            self._sink.revoked(user_id, not_before)
 
     async def subscribe(self, user_id: str) -> None:
         """Appends reach the sink directly, from now on."""
@@ -210,11 +233,25 @@ class MemoryBroker:
         while True:
             await asyncio.sleep(self._sweep_interval)
             try:
-                while self._sweep_batch():
+                while self._sweep_batch() | self._sweep_revocations():
                     await asyncio.sleep(0)
             except Exception:
                 logger.exception("history sweep failed; trying again next tick")
             self._sweeps += 1
+
+    def _sweep_revocations(self) -> bool:
+        """Forget up to ``_SWEEP_BATCH`` lapsed revocations; ``True`` when more are due."""
+        now = self._clock()
+        due = self._revoked_due
+        for _ in range(_SWEEP_BATCH):
+            if not due or due[0][0] > now:
+                return False
+            expires, user_id = heapq.heappop(due)
+            current = self._revoked.get(user_id)
+            # A later revocation of the user pushed its own entry.
+            if current is not None and current[1] <= expires:
+                del self._revoked[user_id]
+        return bool(due) and due[0][0] <= now
 
     def _sweep_batch(self) -> bool:
         """Forget up to ``_SWEEP_BATCH`` due users; ``True`` when more are due."""

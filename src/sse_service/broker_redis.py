@@ -19,6 +19,7 @@ server makes ``ping`` fail with that reason.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -34,9 +35,11 @@ from .config import Settings
 from .errors import BackendUnavailable
 from .redis_keys import user_keys
 from .redis_pubsub import Subscriber, unsupported_version
-from .redis_scripts import APPEND, PROBE, REPLAY
+from .redis_scripts import APPEND, PROBE, REPLAY, REVOKE
 
 __all__ = ["RedisBroker"]
+
+logger = logging.getLogger(__name__)
 
 #: Key lifetimes beyond the history TTL.  The log outlives its newest entry
 #: by a second so key expiry never beats age trimming; the epoch outlives the
@@ -45,6 +48,8 @@ _LOG_GRACE_MS = 1_000
 #: Concurrent Redis commands per process; more would only queue inside Redis.
 _POOL_SIZE = 64
 _META_GRACE_MS = 60_000
+#: Users whose sign-outs one pipeline reads after a pub/sub reconnect.
+_REVOCATION_BATCH = 1_000
 #: How long a refused append keeps ``ping`` reporting a full Redis.  Redis is
 #: below its limit again between two deliveries (their buffers count), but
 #: daprd redelivers a refused message every 5 s: under lasting pressure a
@@ -91,6 +96,7 @@ class RedisBroker:
         self._append = self._redis.register_script(APPEND)
         self._replay = self._redis.register_script(REPLAY)
         self._probe = self._redis.register_script(PROBE)
+        self._revoke = self._redis.register_script(REVOKE)
         # The subscriber's reads wait for pushes; its PINGs every `timeout`
         # keep them coming, so three silent periods mean a dead server.
         pubsub_pool = ConnectionPool.from_url(
@@ -103,17 +109,49 @@ class RedisBroker:
         )
         self._subscriber = Subscriber(pubsub_pool, self._db, timeout, self._where)
         self._started = False
+        self._tasks: set[asyncio.Task[None]] = set()
         #: Loop time of the newest append refused for memory, until one succeeds.
         self._refused_at: float | None = None
 
     async def start(self, sink: Sink) -> None:
-        self._subscriber.start(sink.deliver, sink.resumed)
+        def resumed() -> None:
+            sink.resumed()
+            task = asyncio.get_running_loop().create_task(self._read_revocations(sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        # Looked up when a sign-out arrives, not now: a sink that never sees
+        # one need not implement it.
+        self._subscriber.start(sink.deliver, resumed,
+                               lambda user_id, not_before: sink.revoked(user_id, not_before))
         self._started = True
 
     async def close(self) -> None:
         self._started = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._subscriber.close()
         await self._redis.aclose()
+
+    async def _read_revocations(self, sink: Sink) -> None:
+        """Sign-outs announced while the pub/sub connection was down were not heard:
+        once it is back, read those stored for every subscribed user (idempotent)."""
+        users = self._subscriber.wanted
+        for start in range(0, len(users), _REVOCATION_BATCH):
+            batch = users[start:start + _REVOCATION_BATCH]
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id in batch:
+                pipe.get(user_keys(user_id, self._db).revoked)
+            try:
+                values = await self._call(pipe.execute())
+            except BackendUnavailable as exc:
+                logger.warning("cannot read sign-outs after the pub/sub reconnect: %s",
+                               exc.reason)
+                return
+            for user_id, value in zip(batch, values, strict=True):
+                if value:
+                    sink.revoked(user_id, float(value))
 
     async def append(self, user_id: str, key: str, data: bytes) -> Appended:
         keys = user_keys(user_id, self._db)
@@ -165,17 +203,24 @@ class RedisBroker:
             new_epoch(), after.epoch if after else "", after.offset if after else 0,
             self._ttl_ms, self._meta_ttl_ms,
         ]
-        reply = await self._call(self._replay(keys=keys.keys, args=args))
+        reply = await self._call(self._replay(keys=[*keys.keys, keys.revoked], args=args))
         epoch = _text(reply[0])
         head = Position(epoch, int(reply[1]))
         resync = _text(reply[2]) or None
+        revoked = _text(reply[3])
+        before = float(revoked) if revoked else None
         if resync is not None:
-            return Replay(head, resync=resync)
+            return Replay(head, resync=resync, revoked_before=before)
         records = [
             Record(user_id, epoch, int(bytes(reply[i]).partition(b"-")[0]), bytes(reply[i + 1]))
-            for i in range(3, len(reply), 2)
+            for i in range(4, len(reply), 2)
         ]
-        return Replay(head, records)
+        return Replay(head, records, revoked_before=before)
+
+    async def revoke(self, user_id: str, not_before: float, ttl_seconds: float) -> None:
+        keys = user_keys(user_id, self._db)
+        args: list[EncodableT] = [repr(float(not_before)), int(ttl_seconds * 1000), keys.channel]
+        await self._call(self._revoke(keys=[keys.revoked], args=args))
 
     async def subscribe(self, user_id: str) -> None:
         await self._subscriber.subscribe(user_id)

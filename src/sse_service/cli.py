@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
 import uuid
@@ -22,7 +23,7 @@ from pydantic_settings import SettingsError
 
 from .auth import mint_token
 from .config import Settings, redact_url
-from .events import EVENT_TYPES
+from .events import EVENT_TYPES, REVOKED
 from .logs import escape
 
 __all__ = ["cloudevent", "main"]
@@ -87,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--task", default="{}", help="task JSON object")
     publish.add_argument("--id", help="CloudEvent id (default: a new uuid)")
     publish.add_argument("--url", default="http://127.0.0.1:8005")
+    revoke = commands.add_parser(
+        "revoke", help="sign a user out everywhere: deliver a session.revoked event as daprd would")
+    revoke.add_argument("--user", required=True)
+    revoke.add_argument("--not-before", type=float, dest="not_before",
+                        help="unix seconds; tokens issued before are refused (default: now)")
+    revoke.add_argument("--id", help="CloudEvent id (default: a new uuid)")
+    revoke.add_argument("--url", default="http://127.0.0.1:8005")
     commands.add_parser("check", help="exit 0 when the history backend is reachable")
     return parser
 
@@ -154,6 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "publish":
         return _publish(settings, args)
+    if args.command == "revoke":
+        # Whole seconds by default, as token iat claims are: a login in the
+        # same second as the sign-out is not refused.
+        not_before = int(time.time()) if args.not_before is None else args.not_before
+        if not math.isfinite(not_before):
+            return fail("--not-before", "must be a finite number of unix seconds")
+        return _deliver(settings, args, {"event_type": REVOKED, "user_id": args.user,
+                                         "not_before": not_before})
     return asyncio.run(_check(settings))
 
 
@@ -163,6 +179,11 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail("--task is not JSON", exc)
     payload = {"event_type": args.event, "user_id": args.user, "task": task}
+    return _deliver(settings, args, payload)
+
+
+def _deliver(settings: Settings, args: argparse.Namespace, payload: dict[str, Any]) -> int:
+    """POST ``payload`` to ``args.url`` as daprd delivers it; print the reply status."""
     headers = {
         "content-type": "application/cloudevents+json",
         "traceparent": NO_TRACE,

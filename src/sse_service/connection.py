@@ -61,6 +61,7 @@ class Connection:
     __slots__ = (
         "user_id",
         "deadline",
+        "issued_at",
         "epoch",
         "floor",
         "reason",
@@ -79,9 +80,12 @@ class Connection:
         now: float,
         byte_limit: int = 1 << 20,
         on_close: Callable[[Connection], None] | None = None,
+        issued_at: float | None = None,
     ) -> None:
         self.user_id = user_id
         self.deadline = deadline
+        #: The token's ``iat``, which decides whether a sign-out ends the stream.
+        self.issued_at = issued_at
         self.epoch: str | None = None
         self.floor = 0
         self.reason: str | None = None

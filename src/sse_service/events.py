@@ -6,20 +6,32 @@ serialised once per event, compact, on a single line, and strict RFC 8259:
 browsers' ``JSON.parse`` throws on ``NaN`` or ``Infinity`` and on text that is
 not valid Unicode, so an event whose task holds either is refused here, as
 is a task nested deeper than :data:`MAX_DEPTH`.
+
+A sign-out travels on the same topic, ``{"event_type": "session.revoked",
+"user_id": "42", "not_before": <unix seconds>}``: it is no task event and
+never reaches the history (:func:`parse_revocation`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import EventError
 
-__all__ = ["EVENT_TYPES", "MAX_DEPTH", "TaskEvent", "parse_task_event", "resync_data", "shown"]
+__all__ = ["EVENT_TYPES", "MAX_DEPTH", "MAX_NOT_BEFORE_AHEAD", "REVOKED", "Revocation",
+           "TaskEvent", "is_revocation", "parse_revocation", "parse_task_event", "resync_data",
+           "shown"]
 
 EVENT_TYPES = frozenset({"task.created", "task.updated", "task.deleted", "task.completed"})
+#: The event type of a sign-out everywhere.
+REVOKED = "session.revoked"
+#: How far ahead of now a sign-out's ``not_before`` may lie (seconds): a day.
+#: Further ahead is a unit mistake (milliseconds) that would lock the user out.
+MAX_NOT_BEFORE_AHEAD = 86_400
 _MAX_USER_ID = 256
 #: How much of an untrusted value a reason quotes.
 _QUOTED_CHARS = 48
@@ -94,14 +106,33 @@ def shown(value: object) -> str:
     return "a JSON array" if isinstance(value, list) else type(value).__name__
 
 
-def parse_task_event(payload: object) -> TaskEvent:
-    """Validate a decoded payload; raise :class:`EventError` saying what is wrong."""
-    if not isinstance(payload, dict):
-        raise EventError(f"event is a JSON {type(payload).__name__}, not an object")
-    event_type = payload.get("event_type")
-    # A list or object is unhashable: test the type before the set.
-    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
-        raise EventError(f"unknown event_type {shown(event_type)}")
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    user_id: str
+    #: Unix seconds: tokens issued before it are refused.
+    not_before: float
+
+
+def is_revocation(payload: object) -> TypeGuard[dict[str, Any]]:
+    return isinstance(payload, dict) and payload.get("event_type") == REVOKED
+
+
+def parse_revocation(payload: dict[str, Any], now: float) -> Revocation:
+    """Validate a sign-out (``now`` in unix seconds); raise :class:`EventError`."""
+    user_id = _user_id(payload)
+    not_before = payload.get("not_before")
+    if (isinstance(not_before, bool) or not isinstance(not_before, int | float)
+            or (isinstance(not_before, float) and not math.isfinite(not_before))
+            or not_before < 0):
+        raise EventError(f"not_before must be a number of unix seconds, "
+                         f"not {shown(not_before)}")
+    # Compared before float(): a huge integer would overflow it.
+    if not_before > now + MAX_NOT_BEFORE_AHEAD:
+        raise EventError(f"not_before {shown(not_before)} is more than a day ahead")
+    return Revocation(user_id, float(not_before))
+
+
+def _user_id(payload: dict[str, Any]) -> str:
     user_id = payload.get("user_id")
     if isinstance(user_id, int) and not isinstance(user_id, bool):
         user_id = str(user_id)
@@ -110,6 +141,18 @@ def parse_task_event(payload: object) -> TaskEvent:
     # isprintable() is False for control characters and lone surrogates alike.
     if len(user_id) > _MAX_USER_ID or not user_id.isprintable():
         raise EventError("user_id is too long or has control characters")
+    return user_id
+
+
+def parse_task_event(payload: object) -> TaskEvent:
+    """Validate a decoded payload; raise :class:`EventError` saying what is wrong."""
+    if not isinstance(payload, dict):
+        raise EventError(f"event is a JSON {type(payload).__name__}, not an object")
+    event_type = payload.get("event_type")
+    # A list or object is unhashable: test the type before the set.
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+        raise EventError(f"unknown event_type {shown(event_type)}")
+    user_id = _user_id(payload)
     task = payload.get("task")
     if not isinstance(task, dict):
         raise EventError("task must be a JSON object")

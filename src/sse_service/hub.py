@@ -26,7 +26,8 @@ from .admission import Admission
 from .broker import Broker, Position, Record
 from .config import Settings
 from .connection import Connection
-from .errors import BackendUnavailable, CapacityError, CloseReason, UserLimitError
+from .errors import AuthError, BackendUnavailable, CapacityError, CloseReason, UserLimitError
+from .logs import escape
 from .outlet import FLUSH_SECONDS, chunk
 
 __all__ = ["Hub"]
@@ -86,9 +87,14 @@ class Hub:
 
     # -- streams ---------------------------------------------------------------
     async def open(
-        self, user_id: str, deadline: float | None, after: Position | None, resync: str | None
+        self, user_id: str, deadline: float | None, after: Position | None, resync: str | None,
+        issued_at: float | None = None,
     ) -> Connection:
-        """Register a stream, then queue its replay (or resync) ahead of live events."""
+        """Register a stream, then queue its replay (or resync) ahead of live events.
+
+        A token issued before the user's sign-out (``issued_at`` ``None`` counts
+        as before) is refused: the replay names the sign-out, and one announced
+        while the replay was read has closed the stream already."""
         if self.draining:
             raise CapacityError("server is shutting down", retry_after=1)
         if self.count >= self._max_total:
@@ -100,7 +106,7 @@ class Hub:
         self.admission.check()
         conn = Connection(
             user_id, deadline, self._queue_size, asyncio.get_running_loop().time(),
-            byte_limit=self.queue_bytes, on_close=self._release,
+            byte_limit=self.queue_bytes, on_close=self._release, issued_at=issued_at,
         )
         self._users.setdefault(user_id, set()).add(conn)
         self.count += 1
@@ -111,6 +117,11 @@ class Hub:
         except BaseException:
             self.close(conn)
             raise
+        before = replay.revoked_before
+        if conn.reason is CloseReason.REVOKED or (
+                before is not None and (issued_at is None or issued_at < before)):
+            self.close(conn)
+            raise AuthError("token revoked")
         if not conn.start(replay, resync, mark=after is None or resync is not None):
             self._catch_up_later(user_id)
         return conn
@@ -149,6 +160,20 @@ class Hub:
     def resumed(self) -> None:
         for user_id in list(self._users):
             self._catch_up_later(user_id)
+
+    def revoked(self, user_id: str, not_before: float) -> None:
+        """Sign-out: end the user's streams whose token was issued before ``not_before``."""
+        conns = self._users.get(user_id)
+        if not conns:
+            return
+        # A copy: closing a stream releases its slot, leaving the set at once.
+        ended = [conn for conn in tuple(conns)
+                 if conn.issued_at is None or conn.issued_at < not_before]
+        for conn in ended:
+            conn.close(CloseReason.REVOKED)
+        logger.info("sign-out of user %s: %d of %d streams ended", escape(user_id),
+                    len(ended), len(conns) + len(ended),
+                    extra={"reason": CloseReason.REVOKED, "user_id": escape(user_id)})
 
     # -- internals -------------------------------------------------------------
     async def _subscribed(self, user_id: str) -> None:
@@ -212,6 +237,9 @@ class Hub:
                 groups[conn.position].append(conn)
         for position, group in groups.items():
             replay = await self._broker.replay(user_id, position)
+            if replay.revoked_before is not None:
+                # Covers a sign-out whose announcement this replica missed.
+                self.revoked(user_id, replay.revoked_before)
             for conn in group:
                 conn.catch_up(replay)
 

@@ -13,6 +13,11 @@ delivery at all (over ``SSE_MAX_DELIVERY_BYTES``, not JSON) is dropped whole:
 ``200 DROP`` for a single delivery, ``404`` for a bulk one, whose entryIds
 cannot be read (daprd retries every entry a 200 does not name, and drops all
 on a 404).
+
+A sign-out (``session.revoked``, :func:`~.events.parse_revocation`) on the
+same topic is no task event: it goes to :meth:`Broker.revoke`, never to the
+history, answered like an append (``SUCCESS``, ``RETRY`` while the backend is
+away, ``DROP`` when malformed), in its place in a bulk delivery.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +36,12 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from .bodies import declared_length, read_body
-from .broker import Broker
+from .broker import Appended, Broker
 from .cloudevents import dedupe_key, is_unicode, unwrap
 from .config import Settings
 from .deliveries import Unreadable, decode_delivery, is_bulk
 from .errors import BackendUnavailable, DaprStatus, EventError
-from .events import parse_task_event
+from .events import is_revocation, parse_revocation, parse_task_event
 from .logs import escape
 from .logs_json import trace_id
 
@@ -81,6 +87,8 @@ class _Ready:
     key: str
     data: bytes
     name: str
+    #: Set for a sign-out, which has no key nor data.
+    not_before: float | None = None
 
 
 class Ingest:
@@ -88,6 +96,7 @@ class Ingest:
         self._broker = broker
         self._max_bytes = settings.max_event_bytes
         self._max_delivery = settings.max_delivery_bytes
+        self._revocation_ttl = settings.revocation_ttl_seconds
 
     async def handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The reply to one POST; never raises."""
@@ -121,6 +130,7 @@ class Ingest:
         """Validate each delivery, append the valid ones in order (one batch), never raise."""
         statuses: list[DaprStatus] = []
         ready: list[tuple[int, _Ready]] = []
+        revocations = False
         for index, (event, metadata) in enumerate(deliveries):
             item = self._prepare(event, metadata)
             if item is None:
@@ -128,10 +138,16 @@ class Ingest:
             else:
                 ready.append((index, item))
                 statuses.append(DaprStatus.RETRY)
+                revocations = revocations or item.not_before is not None
         if not ready:
             return statuses
+        results: Sequence[Appended | BackendUnavailable | None]
         try:
-            results = await self._broker.append_many([(r.user_id, r.key, r.data) for _, r in ready])
+            if revocations:
+                results = await self._in_order([r for _, r in ready])
+            else:
+                results = await self._broker.append_many(
+                    [(r.user_id, r.key, r.data) for _, r in ready])
         except Exception as exc:
             logger.error("asking Dapr to retry %d events: unexpected %s",
                          len(ready), escape(f"{type(exc).__name__}: {exc}"),
@@ -147,12 +163,48 @@ class Ingest:
                                              *deliveries[index], reason=result.reason))
                 continue
             statuses[index] = DaprStatus.SUCCESS
-            if result.duplicate:
+            if result is None:
+                logger.info("sign-out of user %s: tokens issued before %s are refused",
+                            escape(item.user_id), item.not_before,
+                            extra=_fields(item.name, DaprStatus.SUCCESS, item.user_id,
+                                          *deliveries[index]))
+            elif result.duplicate:
                 logger.info("CloudEvent %s already stored as %s; acknowledged again",
                             escape(item.name, _NAME_CHARS), result.record.position,
                             extra=_fields(item.name, DaprStatus.SUCCESS, item.user_id,
                                           *deliveries[index]))
         return statuses
+
+    async def _in_order(self, items: list[_Ready]) -> list[Appended | BackendUnavailable | None]:
+        """Appends and sign-outs in delivery order (``None``: a sign-out kept).  A run
+        of appends is one batch; once anything fails, everything after it is
+        reported failed too, as ``append_many`` does, so retries keep the order."""
+        results: list[Appended | BackendUnavailable | None] = []
+        failed: BackendUnavailable | None = None
+        run: list[_Ready] = []
+        for item in [*items, None]:
+            if item is not None and item.not_before is None:
+                run.append(item)
+                continue
+            if run and failed is None:
+                results.extend(await self._broker.append_many(
+                    [(r.user_id, r.key, r.data) for r in run]))
+                last = results[-1]
+                failed = last if isinstance(last, BackendUnavailable) else None
+            elif run:
+                results.extend([failed] * len(run))
+            run = []
+            if item is None:
+                break
+            not_before = item.not_before
+            assert not_before is not None
+            if failed is None:
+                try:
+                    await self._broker.revoke(item.user_id, not_before, self._revocation_ttl)
+                except BackendUnavailable as exc:
+                    failed = exc
+            results.append(failed)
+        return results
 
     def _prepare(self, event: object, metadata: Mapping[str, object]) -> _Ready | None:
         """The event ready to append, or None after logging why it is dropped."""
@@ -163,6 +215,9 @@ class Ingest:
                 raise EventError(f"event is {event.reason}")
             envelope = unwrap(event)
             name = envelope.cloudevent_id or name
+            if is_revocation(envelope.payload):
+                revocation = parse_revocation(envelope.payload, time.time())
+                return _Ready(revocation.user_id, "", b"", name, revocation.not_before)
             task_event = parse_task_event(envelope.payload)
             user = task_event.user_id
             data = task_event.data()

@@ -15,7 +15,11 @@ make two users' names collide.  ``user_of_channel`` reverses it.
 ``sse:{u:<id>}:log``         stream: entry ``<offset>-0`` with fields ``d`` (data)
                              and ``t`` (server time, ms)
 ``sse:{u:<id>}:seen``        sorted set: dedupe key → offset, trimmed with the log
-``sse:{u:<id>}:live:<db>``   channel: each appended record, to every replica
+``sse:{u:<id>}:revoked``     string: the latest sign-out's ``not_before`` (unix
+                             seconds); tokens issued before it are refused
+                             until the key expires (``SSE_REVOCATION_TTL_SECONDS``)
+``sse:{u:<id>}:live:<db>``   channel: each appended record, to every replica, and
+                             ``!revoked <not_before>`` for a sign-out
 ===========================  ====================================================
 
 Pub/sub ignores the database number, so the channel name carries it: two
@@ -45,10 +49,12 @@ class UserKeys:
     log: str
     seen: str
     channel: str
+    revoked: str
 
     @property
     def keys(self) -> list[str]:
-        """The ``KEYS`` of both scripts, in the order the scripts expect."""
+        """The ``KEYS`` of both history scripts, in the order they expect
+        (``REPLAY`` takes :attr:`revoked` as a fourth)."""
         return [self.meta, self.log, self.seen]
 
 
@@ -59,6 +65,7 @@ def user_keys(user_id: str, db: int = 0) -> UserKeys:
         log=base + "}:log",
         seen=base + "}:seen",
         channel=f"{base}{_CHANNEL_INFIX}{db}",
+        revoked=base + "}:revoked",
     )
 
 

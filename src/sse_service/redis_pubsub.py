@@ -14,6 +14,12 @@ Liveness
     A PING every ``timeout`` seconds keeps replies flowing; a connection
     that is silent for three periods (a hung or stopped server) is dropped.
 
+Sign-outs
+    A message ``!revoked <not_before>`` on a user's channel is a sign-out,
+    handed to ``on_revoked``; a record's message starts with its epoch.  One
+    announced while the connection was down is not heard: the broker reads
+    the stored ones on ``on_resumed``.
+
 Reconnects
     With backoff, logged once per outage.  A server older than Redis 7 is
     refused on connect, with that reason.  A new connection subscribes every
@@ -38,12 +44,15 @@ from redis.exceptions import RedisError
 
 from .broker import Record
 from .errors import BackendUnavailable
+from .logs import escape
 from .redis_keys import user_keys, user_of_channel
 
 __all__ = ["MINIMUM_VERSION", "Subscriber", "supports_sharded_pubsub", "unsupported_version"]
 
 logger = logging.getLogger(__name__)
 
+#: The prefix of a sign-out message (see :data:`~.redis_scripts.REVOKE`).
+_REVOKED = b"!revoked "
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 2.0
 _Waiters = list["asyncio.Future[None]"]
@@ -115,12 +124,18 @@ class Subscriber:
         self._task: asyncio.Task[None] | None = None
         self._on_record: Callable[[Record], None] = lambda record: None
         self._on_resumed: Callable[[], None] = lambda: None
+        self._on_revoked: Callable[[str, float], None] = lambda user_id, not_before: None
         self._ever_ready = False
         self._lost_since: float | None = None
         self._failures = 0
         self._connected = asyncio.Event()
         #: Why the server cannot be used (too old), once a connection found out.
         self.unsupported: str | None = None
+
+    @property
+    def wanted(self) -> list[str]:
+        """The users subscribed (or to be subscribed again on reconnect)."""
+        return list(self._wanted)
 
     @property
     def connected(self) -> bool:
@@ -135,8 +150,11 @@ class Subscriber:
                 await asyncio.wait_for(self._connected.wait(), timeout)
         return self.connected
 
-    def start(self, on_record: Callable[[Record], None], on_resumed: Callable[[], None]) -> None:
+    def start(self, on_record: Callable[[Record], None], on_resumed: Callable[[], None],
+              on_revoked: Callable[[str, float], None] | None = None) -> None:
         self._on_record, self._on_resumed = on_record, on_resumed
+        if on_revoked is not None:
+            self._on_revoked = on_revoked
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="sse-redis-pubsub")
 
@@ -269,6 +287,9 @@ class Subscriber:
         user_id = user_of_channel(channel)
         if user_id is None or user_id not in self._wanted:
             return
+        if payload.startswith(_REVOKED):
+            self._revoked(user_id, payload[len(_REVOKED):])
+            return
         epoch, _, rest = payload.partition(b" ")
         offset, _, data = rest.partition(b" ")
         try:
@@ -280,6 +301,17 @@ class Subscriber:
             self._on_record(record)
         except Exception:
             logger.exception("delivering record %s failed", record.position)
+
+    def _revoked(self, user_id: str, value: bytes) -> None:
+        try:
+            not_before = float(value)
+        except ValueError:
+            logger.warning("ignoring a malformed sign-out for user %s", escape(user_id))
+            return
+        try:
+            self._on_revoked(user_id, not_before)
+        except Exception:
+            logger.exception("ending the streams of user %s failed", escape(user_id))
 
     # -- state -----------------------------------------------------------------
     def _ready(self, link: _Link) -> None:

@@ -19,6 +19,12 @@ current epoch, drops the old history and writes a meta hash of three short
 fields, so a client can still open a stream and replay.  ``PROBE`` writes nothing but is
 refused exactly when ``APPEND`` would be: readiness asks Redis itself.
 
+``REVOKE`` keeps a user's latest sign-out and announces it on the user's
+channel as ``!revoked <not_before>``; a record's message starts with its
+epoch, which is never ``!``, so the two cannot be confused.  ``REPLAY``
+returns the stored sign-out with every read, so a stream learns it when it
+opens, with no round trip of its own.
+
 Both history scripts read ``INFO server replication`` (about 8 µs of Redis
 CPU, measured with Redis 7.0) to learn which server process holds the data;
 see ``load_epoch``.
@@ -26,7 +32,7 @@ see ``load_epoch``.
 
 from __future__ import annotations
 
-__all__ = ["APPEND", "PROBE", "REPLAY"]
+__all__ = ["APPEND", "PROBE", "REPLAY", "REVOKE"]
 
 _PRELUDE = """
 local meta, log, seen = KEYS[1], KEYS[2], KEYS[3]
@@ -127,10 +133,12 @@ redis.call('SPUBLISH', ARGV[8], epoch .. ' ' .. head .. ' ' .. data)
 return {epoch, head, 0}
 """
 
-#: ARGV: candidate epoch, after epoch ('' for "from now"), after offset,
-#: ttl ms, meta ttl ms.  Returns ``{epoch, head, resync, offset1, data1, ...}``
-#: with ``resync`` '' when the replay is honoured.
+#: KEYS: meta, log, seen, revoked.  ARGV: candidate epoch, after epoch ('' for
+#: "from now"), after offset, ttl ms, meta ttl ms.  Returns ``{epoch, head,
+#: resync, revoked_before, offset1, data1, ...}`` with ``resync`` '' when the
+#: replay is honoured and ``revoked_before`` '' when there is no sign-out.
 REPLAY = "#!lua flags=allow-oom\n" + _PRELUDE + """
+local revoked = redis.call('GET', KEYS[4]) or ''
 local epoch, head = load_epoch(ARGV[1])
 -- A reader keeps the epoch alive: its position stays meaningful while it
 -- keeps coming back, even when no event arrives for a long time.
@@ -138,25 +146,43 @@ redis.call('PEXPIRE', meta, ARGV[5])
 local first = trim(tonumber(ARGV[4]), head)
 
 if ARGV[2] == '' then
-  return {epoch, head, ''}
+  return {epoch, head, '', revoked}
 end
 if ARGV[2] ~= epoch then
-  return {epoch, head, 'unknown_epoch'}
+  return {epoch, head, 'unknown_epoch', revoked}
 end
 local after = tonumber(ARGV[3])
 if after > head then
-  return {epoch, head, 'unknown_position'}
+  return {epoch, head, 'unknown_position', revoked}
 end
 if after < first - 1 then
-  return {epoch, head, 'expired'}
+  return {epoch, head, 'expired', revoked}
 end
 
-local reply = {epoch, head, ''}
+local reply = {epoch, head, '', revoked}
 for _, entry in ipairs(redis.call('XRANGE', log, after + 1, '+')) do
   reply[#reply + 1] = entry[1]
   reply[#reply + 1] = entry[2][2]
 end
 return reply
+"""
+
+#: KEYS: revoked.  ARGV: not_before (unix seconds), ttl ms, channel.  Keeps the
+#: later of the stored and the given not_before, renews the key's lifetime and
+#: announces the value kept; returns it.  No flags: refused out of memory, like
+#: ``APPEND``, so the delivery is retried.
+REVOKE = """#!lua
+local given = tonumber(ARGV[1])
+local stored = tonumber(redis.call('GET', KEYS[1]) or '')
+if stored == nil or given > stored then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  -- A redelivered or older sign-out: the later one stays, at least as long.
+  redis.call('PEXPIRE', KEYS[1], ARGV[2], 'GT')
+end
+local kept = redis.call('GET', KEYS[1])
+redis.call('SPUBLISH', ARGV[3], '!revoked ' .. kept)
+return kept
 """
 
 #: No keys, no ARGV; returns 1.  Declares no flags, so like ``APPEND`` it is

@@ -128,7 +128,8 @@ class StreamEndpoint:
         resync = ResyncReason.INVALID_ID if last_id and after is None else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (identity.expires_at - time.time())
-        return await self.hub.open(identity.user_id, deadline, after, resync)
+        return await self.hub.open(identity.user_id, deadline, after, resync,
+                                   issued_at=identity.issued_at)
 
     # -- the portable ASGI endpoint ----------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

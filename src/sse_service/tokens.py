@@ -38,7 +38,8 @@ import jwt
 
 from .errors import AuthError
 
-__all__ = ["Parsed", "check_claims", "parse", "verify_hmac", "verify_signature"]
+__all__ = ["Claims", "Parsed", "check_claims", "claims_of", "parse", "verify_hmac",
+           "verify_signature"]
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 _HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
@@ -50,6 +51,16 @@ class Parsed:
     payload: bytes
     signing_input: bytes
     signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified token says: ``sub`` (still to be checked by the caller),
+    ``exp`` as given, and ``iat`` in whole seconds (``None`` without one)."""
+
+    subject: object
+    expires: float
+    issued_at: int | None
 
 
 def _segment(text: str) -> bytes:
@@ -115,11 +126,20 @@ def check_claims(
 ) -> tuple[object, float]:
     """``(sub, exp)`` of a token whose signature was verified; ``exp`` as given (a
     stream lives until then), though whole seconds decide whether it has passed."""
+    claims = claims_of(parsed, now, leeway, audience, issuer)
+    return claims.subject, claims.expires
+
+
+def claims_of(
+    parsed: Parsed, now: float, leeway: float, audience: str | None, issuer: str | None
+) -> Claims:
+    """:func:`check_claims`, with the issue time too (a sign-out compares it)."""
     claims = _object(parsed.payload, "invalid token")
     for name in ("exp", "sub"):
         if claims.get(name) is None:  # a null claim is a missing one
             raise AuthError(f"missing claim {name!r}")
-    if "iat" in claims and _seconds(claims, "iat") > now + leeway:
+    issued_at = _seconds(claims, "iat") if "iat" in claims else None
+    if issued_at is not None and issued_at > now + leeway:
         raise AuthError("token not yet valid")
     if "nbf" in claims and _seconds(claims, "nbf") > now + leeway:
         raise AuthError("token not yet valid")
@@ -134,7 +154,7 @@ def check_claims(
     for name in ("sub", "jti"):
         if name in claims and not isinstance(claims[name], str):
             raise AuthError("invalid token")
-    return claims["sub"], float(claims["exp"])
+    return Claims(claims["sub"], float(claims["exp"]), issued_at)
 
 
 def _check_audience(claims: dict[str, Any], audience: str | None) -> None:

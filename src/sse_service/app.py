@@ -27,10 +27,11 @@ from .bodies import BodyLimit
 from .broker import Broker
 from .broker_memory import MemoryBroker
 from .config import Settings
+from .dapr_routes import DeliveryEndpoint, dapr_router
 from .demo import demo_router
 from .errors import BackendUnavailable
 from .hub import Hub
-from .ingest import ROUTE, DeliveryEndpoint, Ingest, dapr_router
+from .ingest import ROUTE, Ingest
 from .logs import install_filter
 from .stream import StreamEndpoint
 

@@ -44,7 +44,7 @@ from .socket_stream import SocketStream
 from .stream import TRANSPORT_EXTENSION, WANTED
 
 if TYPE_CHECKING:
-    from .ingest import DeliveryEndpoint
+    from .dapr_routes import DeliveryEndpoint
     from .stream import StreamEndpoint
 
 ROUTE_BYTES = ROUTE.encode()

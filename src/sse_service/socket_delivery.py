@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
-from .ingest import DeliveryEndpoint, Reply
+from .dapr_routes import DeliveryEndpoint
+from .ingest import Reply
 
 if TYPE_CHECKING:
     from .protocol import BoundedHttpProtocol

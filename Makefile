@@ -4,15 +4,24 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# What running needs, and everything (tests, deploy checks, benchmarks).
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
+USER ?= 42
 
-.PHONY: install run test lint typecheck manifests pytest system-deps bench bench-quick clean
+.PHONY: install run token test lint typecheck manifests pytest system-deps bench bench-quick clean
 
-$(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
+$(PY):
+	@python3 -m venv $(VENV) || { echo "make: python3 cannot create a virtualenv; on Debian or Ubuntu: apt-get install python3-venv" >&2; exit 1; }
+
+$(RUN_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,deploy]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e '.[test,deploy,bench]'
+	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
 
@@ -23,8 +32,12 @@ system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q redis-server; }
 	@command -v curl >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q curl; }
 
-run: $(STAMP)
-	@bash scripts/run-dev.sh
+run: $(RUN_STAMP)
+	@bash scripts/run-dev.sh serve
+
+# A development token for USER (default 42), signed with the secret `make run` uses.
+token: $(RUN_STAMP)
+	@bash scripts/run-dev.sh token $(USER)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

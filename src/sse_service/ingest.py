@@ -85,7 +85,10 @@ class Ingest:
         if is_bulk(document):
             assert isinstance(document, dict)
             return Reply({"statuses": await self._bulk(document["entries"])})
-        (status,) = await self.store([(document, headers)])
+        (status,), (reason,) = await self._store([(document, headers)])
+        if reason is not None:
+            # For people (`sse-service publish` prints it); daprd reads only the status.
+            return Reply({"status": status.value, "reason": reason})
         return Reply({"status": status.value})
 
     def refuse(self, headers: Mapping[str, str], reason: str) -> Reply:
@@ -96,26 +99,35 @@ class Ingest:
         content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         # daprd sends bulk deliveries as application/json, single ones as
         # application/cloudevents+json.
-        return Reply({"status": DaprStatus.DROP.value},
+        return Reply({"status": DaprStatus.DROP.value, "reason": escape(reason)},
                      404 if content_type == "application/json" else 200)
 
     async def store(
         self, deliveries: list[tuple[object, Mapping[str, object]]]
     ) -> list[DaprStatus]:
         """Validate each delivery, append the valid ones in order (one batch), never raise."""
+        statuses, _ = await self._store(deliveries)
+        return statuses
+
+    async def _store(
+        self, deliveries: list[tuple[object, Mapping[str, object]]]
+    ) -> tuple[list[DaprStatus], list[str | None]]:
+        """:meth:`store`, and why each dropped delivery was dropped (escaped)."""
         statuses: list[DaprStatus] = []
+        reasons: list[str | None] = [None] * len(deliveries)
         ready: list[tuple[int, _Ready]] = []
         revocations = False
         for index, (event, metadata) in enumerate(deliveries):
             item = self._prepare(event, metadata)
-            if item is None:
+            if isinstance(item, str):
                 statuses.append(DaprStatus.DROP)
+                reasons[index] = item
             else:
                 ready.append((index, item))
                 statuses.append(DaprStatus.RETRY)
                 revocations = revocations or item.not_before is not None
         if not ready:
-            return statuses
+            return statuses, reasons
         results: Sequence[Appended | BackendUnavailable | None]
         try:
             if revocations:
@@ -128,7 +140,7 @@ class Ingest:
                          len(ready), escape(f"{type(exc).__name__}: {exc}"),
                          extra={"dapr_status": DaprStatus.RETRY.value})
             logger.debug("the unexpected error", exc_info=True)
-            return statuses
+            return statuses, reasons
         for (index, item), result in zip(ready, results, strict=True):
             if isinstance(result, BackendUnavailable):
                 # Later items failed too (append_many keeps order): daprd retries them all.
@@ -148,7 +160,7 @@ class Ingest:
                             escape(item.name, _NAME_CHARS), result.record.position,
                             extra=_fields(item.name, DaprStatus.SUCCESS, item.user_id,
                                           *deliveries[index]))
-        return statuses
+        return statuses, reasons
 
     async def _in_order(self, items: list[_Ready]) -> list[Appended | BackendUnavailable | None]:
         """Appends and sign-outs in delivery order (``None``: a sign-out kept).  A run
@@ -181,8 +193,8 @@ class Ingest:
             results.append(failed)
         return results
 
-    def _prepare(self, event: object, metadata: Mapping[str, object]) -> _Ready | None:
-        """The event ready to append, or None after logging why it is dropped."""
+    def _prepare(self, event: object, metadata: Mapping[str, object]) -> _Ready | str:
+        """The event ready to append, or why it is dropped (logged, and escaped)."""
         name = _id_of(event)
         user: str | None = None
         try:
@@ -206,14 +218,14 @@ class Ingest:
                            escape(exc.reason),
                            extra=_fields(name, DaprStatus.DROP, user, event, metadata,
                                          reason=exc.reason))
-            return None
+            return escape(exc.reason)
         except Exception as exc:
             # Validation does no I/O: what fails here fails on every redelivery.
             logger.error("dropping CloudEvent %s: unexpected %s while reading it",
                          escape(name, _NAME_CHARS), type(exc).__name__,
                          extra=_fields(name, DaprStatus.DROP, user, event, metadata,
                                        reason=type(exc).__name__))
-            return None
+            return f"unexpected {type(exc).__name__} while reading it"
         return _Ready(task_event.user_id, key, data, name)
 
     async def _bulk(self, entries: list[Any]) -> list[dict[str, str]]:

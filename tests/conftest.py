@@ -259,6 +259,15 @@ class Stream:
     async def tasks(self, count: int, timeout: float = 10) -> list[int]:
         return [json.loads(e.data)["task"]["id"] for e in await self.take(count, timeout)]
 
+    def remaining(self) -> list[ServerSentEvent]:
+        """What an ended stream delivered that the test has not taken yet."""
+        events = []
+        while not self.events.empty():
+            event = self.events.get_nowait()
+            if event is not None:
+                events.append(event)
+        return events
+
     async def wait_ended(self, timeout: float = 10) -> None:
         await asyncio.wait_for(self.ended.wait(), timeout)
 

@@ -28,22 +28,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from conftest import SECRET, Service, Stream, make_token, running_service
+from conftest import SECRET, Service, make_token, running_service
 from sse_service.config import Settings
 from sse_service.logs import redact
-from sse_service.sse import ServerSentEvent
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def remaining(stream: Stream) -> list[ServerSentEvent]:
-    """What an ended stream delivered that the test has not taken yet."""
-    events = []
-    while not stream.events.empty():
-        event = stream.events.get_nowait()
-        if event is not None:
-            events.append(event)
-    return events
 
 
 AUDIENCE = "sse-api"
@@ -512,7 +501,7 @@ async def test_token_expiry_ends_the_stream_and_the_token_is_then_refused(
     await assert_stream_of(stream, svc, uid)
     await stream.wait_ended(timeout=10)
     assert time.time() >= expires - 0.05
-    assert [(e.event, e.data) for e in remaining(stream)][-1:] == [
+    assert [(e.event, e.data) for e in stream.remaining()][-1:] == [
         ("close", '{"type":"close","reason":"token_expired"}')]
     await assert_refused_stream(open_stream, svc, "token expired", token=token)
 

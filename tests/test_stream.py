@@ -18,7 +18,6 @@ from conftest import (
     DAPR_HEADERS,
     SECRET,
     Service,
-    Stream,
     cloudevent,
     free_port,
     make_token,
@@ -27,16 +26,6 @@ from conftest import (
 from sse_service.sse import Decoder, ServerSentEvent
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("stream_path")]
-
-
-def remaining(stream: Stream) -> list[ServerSentEvent]:
-    """What an ended stream delivered that the test has not taken yet."""
-    events = []
-    while not stream.events.empty():
-        event = stream.events.get_nowait()
-        if event is not None:
-            events.append(event)
-    return events
 
 
 @pytest.fixture
@@ -231,7 +220,7 @@ async def test_graceful_shutdown_drains_streams(start_service, open_stream):
         assert refused.status_code == 503 and "retry-after" in refused.headers
     for stream in streams:
         await stream.wait_ended(timeout=10)
-        close = remaining(stream)[-1]
+        close = stream.remaining()[-1]
         assert (close.event, json.loads(close.data)) == (
             "close", {"type": "close", "reason": "server_shutdown"})
         # The close names no position: the client resumes from its last event.

@@ -47,14 +47,26 @@ def _pyjwt(token: str, audience: str | None, issuer: str | None) -> str:
     return "ok"
 
 
-def _ours(token: str, audience: str | None, issuer: str | None) -> str:
+_HEADERS = tokens.HeaderCache()
+_KEYED = tokens.keyed_hmac("HS256", SECRET.encode())
+
+
+def _verdict(token: str, audience: str | None, issuer: str | None, cached: bool) -> str:
     try:
-        parsed = tokens.parse(token)
-        tokens.verify_hmac(parsed, "HS256", SECRET.encode())
+        parsed = tokens.parse(token, _HEADERS if cached else None)
+        tokens.verify_hmac(parsed, "HS256", _KEYED if cached else SECRET.encode())
         tokens.check_claims(parsed, time.time(), LEEWAY, audience, issuer)
     except AuthError as exc:
         return exc.reason
     return "ok"
+
+
+def _ours(token: str, audience: str | None, issuer: str | None) -> str:
+    """Our verdict, which must not depend on the header cache or the keyed HMAC."""
+    plain = _verdict(token, audience, issuer, cached=False)
+    assert _verdict(token, audience, issuer, cached=True) == plain
+    assert _verdict(token, audience, issuer, cached=True) == plain  # now from the cache
+    return plain
 
 
 times = st.one_of(
@@ -141,3 +153,21 @@ def test_times_must_be_json_numbers(name, value):
     parsed = tokens.parse(_forged({"alg": "HS256"}, claims))
     with pytest.raises(AuthError, match="invalid token"):
         tokens.check_claims(parsed, NOW, LEEWAY, None, None)
+
+
+def test_the_header_cache_is_bounded_and_never_keeps_a_refused_header() -> None:
+    cache = tokens.HeaderCache()
+    body, sig = _b64(b'{"sub":"1","exp":9999999999}'), _b64(b"x" * 32)
+    head = _b64(b'{"alg":"HS256"}')
+    first = tokens.parse(f"{head}.{body}.{sig}", cache).header
+    again = tokens.parse(f"{head}.{body}.{sig}", cache).header
+    assert again is first
+    for i in range(3 * tokens.HEADER_CACHE_SIZE):
+        head = _b64(json.dumps({"alg": "HS256", "kid": f"k{i}"}).encode())
+        assert tokens.parse(f"{head}.{body}.{sig}", cache).header["kid"] == f"k{i}"
+        assert len(cache._known) <= tokens.HEADER_CACHE_SIZE
+    refused = _b64(b'{"alg":"HS256","crit":["x"]}')
+    for _ in range(2):
+        with pytest.raises(AuthError, match="malformed token"):
+            tokens.parse(f"{refused}.{body}.{sig}", cache)
+    assert refused not in cache._known

@@ -20,6 +20,7 @@ loaded before.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import re
@@ -91,6 +92,8 @@ class Authenticator:
             raise ValueError("set SSE_JWT_SECRET (or BETTER_AUTH_SECRET) or SSE_JWKS_URL")
         self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self._secret_bytes = self._secret.encode() if self._secret is not None else b""
+        self._hmacs: dict[str, hmac.HMAC] = {}
+        self._headers = tokens.HeaderCache()
         self._jwks_url = settings.jwks_url
         self._jwks_ttl = settings.jwks_cache_seconds
         self._audience = settings.jwt_audience
@@ -107,14 +110,14 @@ class Authenticator:
     async def authenticate(self, token: str | None) -> Identity:
         if not token:
             raise AuthError("missing token")
-        parsed = tokens.parse(token)
+        parsed = tokens.parse(token, self._headers)
         algorithm = parsed.header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self._algorithms:
             raise AuthError(f"algorithm {escape(repr(algorithm), 60)} is not allowed")
-        key = await self._key_for(algorithm, parsed.header.get("kid"))
         if algorithm in SYMMETRIC_ALGORITHMS:
-            tokens.verify_hmac(parsed, algorithm, key)
+            tokens.verify_hmac(parsed, algorithm, self._keyed(algorithm))
         else:
+            key = await self._key_for(algorithm, parsed.header.get("kid"))
             tokens.verify_signature(parsed, algorithm, key)
         claims = tokens.claims_of(
             parsed, time.time(), self._leeway, self._audience, self._issuer
@@ -131,11 +134,15 @@ class Authenticator:
             self._fetch.cancel()
             await asyncio.wait([self._fetch])
 
-    async def _key_for(self, algorithm: str, kid: object) -> Any:
-        if algorithm in SYMMETRIC_ALGORITHMS:
+    def _keyed(self, algorithm: str) -> hmac.HMAC:
+        keyed = self._hmacs.get(algorithm)
+        if keyed is None:
             if self._secret is None:
                 raise AuthError(f"algorithm {algorithm!r} is not allowed")
-            return self._secret_bytes
+            keyed = self._hmacs[algorithm] = tokens.keyed_hmac(algorithm, self._secret_bytes)
+        return keyed
+
+    async def _key_for(self, algorithm: str, kid: object) -> Any:
         if algorithm not in ASYMMETRIC_ALGORITHMS or not self._jwks_url:
             raise AuthError(f"algorithm {algorithm!r} is not allowed")
         if kid is None or kid == "":

@@ -20,12 +20,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import EventError
 from .events import shown
+from .jsondecode import loads
 
 __all__ = ["Envelope", "dedupe_key", "is_unicode", "unwrap"]
 
@@ -42,7 +42,7 @@ class Envelope:
 
 def _loads(raw: bytes | str, what: str) -> object:
     try:
-        return json.loads(raw)
+        return loads(raw)
     except RecursionError:
         raise EventError(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .errors import EventError
+from .jsondecode import loads
 
 __all__ = ["Unreadable", "decode_delivery", "is_bulk"]
 
@@ -35,7 +36,7 @@ def is_bulk(document: object) -> bool:
 def decode_delivery(body: bytes) -> object:
     """The decoded body; :class:`EventError` when it is not JSON at all."""
     try:
-        return json.loads(body)
+        return loads(body)
     except RecursionError:
         reason = "body is nested too deeply"
     except ValueError:  # UnicodeDecodeError and integers too long to convert too

@@ -18,6 +18,7 @@ With ``SSE_LOG_FORMAT=json`` each record is one JSON object instead
 
 from __future__ import annotations
 
+import asyncio
 import http
 import logging
 import re
@@ -27,11 +28,13 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 __all__ = [
+    "LoopFlushedHandler",
     "MAX_ARG_CHARS",
     "MAX_LOGGED_CHARS",
     "SafeRecords",
     "escape",
     "install_filter",
+    "lighten_records",
     "log_config",
     "redact",
 ]
@@ -114,8 +117,37 @@ def _plain(value: object) -> bool:
     return value is None or isinstance(value, str | int | float)
 
 
+def lighten_records() -> None:
+    """Stop every log record from recording its call site, thread and process
+    (the optimisations of the logging HOWTO): no format here prints them, and
+    looking up the call site alone costs more than a quarter of an access line."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
+def _clean_arg(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    # Most arguments are short, printable and hold no "name=value": nothing to do.
+    # (Every character _UNSAFE matches is one str.isprintable() refuses.)
+    if len(value) <= MAX_ARG_CHARS and value.isprintable() and "=" not in value:
+        return value
+    return _clean(value, MAX_ARG_CHARS)
+
+
+#: Message templates a filter remembers as needing nothing done; they are few
+#: (the call sites' constants), and an unbounded variety only refills the set.
+_KNOWN_SAFE_MESSAGES = 256
+
+
 class SafeRecords(logging.Filter):
     """Every record made safe for one log line; see the module docstring."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self._safe_messages: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.__dict__.get(_CLEANED):
@@ -123,19 +155,25 @@ class SafeRecords(logging.Filter):
         record.__dict__[_CLEANED] = True
         args = record.args
         if isinstance(args, tuple):
-            args = tuple(_clean(a, MAX_ARG_CHARS) if isinstance(a, str) else a for a in args)
-            values: tuple[object, ...] = args
+            args = tuple(map(_clean_arg, args))
+            plain = all(map(_plain, args))
         elif isinstance(args, Mapping):
-            args = {k: _clean(v, MAX_ARG_CHARS) if isinstance(v, str) else v
-                    for k, v in args.items()}
-            values = tuple(args.values())
+            args = {k: _clean_arg(v) for k, v in args.items()}
+            plain = all(map(_plain, args.values()))
         else:
-            values = ()
+            plain = True
         record.args = args
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-            if (len(record.msg) <= MAX_MESSAGE_CHARS and not _UNSAFE.search(record.msg)
-                    and all(_plain(v) for v in values)):
+        msg = record.msg
+        if isinstance(msg, str):
+            safe = msg in self._safe_messages
+            if not safe:
+                msg = record.msg = redact(msg)
+                safe = len(msg) <= MAX_MESSAGE_CHARS and not _UNSAFE.search(msg)
+                if safe:
+                    if len(self._safe_messages) >= _KNOWN_SAFE_MESSAGES:
+                        self._safe_messages.clear()
+                    self._safe_messages.add(msg)
+            if safe and plain:
                 return True
         if record.name == _ACCESS_LOGGER and isinstance(args, tuple):
             record.args = tuple(a if _plain(a) else _clean(str(a), MAX_ARG_CHARS) for a in args)
@@ -163,6 +201,37 @@ def install_filter(*names: str) -> None:
     for handler in handlers:
         if not any(isinstance(f, SafeRecords) for f in handler.filters):
             handler.addFilter(SafeRecords())
+
+
+class LoopFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that, inside a running event loop, flushes once at the
+    loop's next turn rather than after every record: under load one write
+    carries every line of a turn (an access line is a syscall otherwise), and
+    a line still leaves within the turn it was logged in.  Outside a loop (at
+    start-up, in other threads, at exit) it flushes at once, as logging's own."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._pending: asyncio.AbstractEventLoop | None = None
+
+    def flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().flush()
+            return
+        if self._pending is loop:
+            return
+        self._pending = loop
+        loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self.acquire()
+        try:
+            self._pending = None
+            super().flush()
+        finally:
+            self.release()
 
 
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in http.HTTPStatus}
@@ -217,9 +286,9 @@ def log_config(level: str, fmt: str = "text") -> dict[str, Any]:
         "filters": {"safe": {"()": SafeRecords}},
         "formatters": formatters,
         "handlers": {
-            "default": {"class": "logging.StreamHandler", "formatter": "default",
+            "default": {"class": "sse_service.logs.LoopFlushedHandler", "formatter": "default",
                         "filters": ["safe"], "stream": "ext://sys.stderr"},
-            "access": {"class": "logging.StreamHandler", "formatter": "access",
+            "access": {"class": "sse_service.logs.LoopFlushedHandler", "formatter": "access",
                        "filters": ["safe"], "stream": "ext://sys.stdout"},
         },
         "loggers": {

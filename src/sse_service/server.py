@@ -23,7 +23,7 @@ import uvicorn
 
 from .app import Application
 from .config import Settings
-from .logs import log_config
+from .logs import lighten_records, log_config
 from .protocol import bounded_protocol
 
 __all__ = ["DrainingServer", "serve"]
@@ -72,6 +72,7 @@ def serve(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+    lighten_records()
     config = uvicorn.Config(
         app,
         host=settings.host,

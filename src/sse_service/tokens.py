@@ -27,7 +27,6 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import json
 import math
 import re
 from base64 import urlsafe_b64decode
@@ -37,9 +36,10 @@ from typing import Any
 import jwt
 
 from .errors import AuthError
+from .jsondecode import loads
 
-__all__ = ["Claims", "Parsed", "check_claims", "claims_of", "parse", "verify_hmac",
-           "verify_signature"]
+__all__ = ["HEADER_CACHE_SIZE", "Claims", "HeaderCache", "Parsed", "check_claims", "claims_of",
+           "keyed_hmac", "parse", "verify_hmac", "verify_signature"]
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 _HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
@@ -74,7 +74,7 @@ def _segment(text: str) -> bytes:
 
 def _object(data: bytes, reason: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = loads(data)
     except (ValueError, RecursionError):
         raise AuthError(reason) from None
     if not isinstance(value, dict):
@@ -82,22 +82,66 @@ def _object(data: bytes, reason: str) -> dict[str, Any]:
     return value
 
 
-def parse(token: str) -> Parsed:
-    """Split and decode a compact JWS; the header is checked, the payload is not."""
-    parts = token.split(".")
-    if len(parts) != 3 or not token.isascii():
-        raise AuthError("malformed token")
-    header = _object(_segment(parts[0]), "malformed token")
+#: Distinct headers a :class:`HeaderCache` keeps: an issuer signs with a few
+#: keys, so its tokens carry a few headers; forged ones only evict each other.
+HEADER_CACHE_SIZE = 64
+
+
+class HeaderCache:
+    """Headers already decoded and checked, by their encoded segment: every
+    token of one issuer and key starts with the same one."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[str, dict[str, Any]] = {}
+
+    def header(self, segment: str) -> dict[str, Any]:
+        header = self._known.get(segment)
+        if header is None:
+            header = _header(segment)
+            if len(self._known) >= HEADER_CACHE_SIZE:
+                self._known.clear()
+            self._known[segment] = header
+        return header
+
+
+def _header(segment: str) -> dict[str, Any]:
+    header = _object(_segment(segment), "malformed token")
     if "crit" in header or "b64" in header:
         raise AuthError("malformed token")
     if "kid" in header and not isinstance(header["kid"], str):
         raise AuthError("malformed token")
+    return header
+
+
+def parse(token: str, headers: HeaderCache | None = None) -> Parsed:
+    """Split and decode a compact JWS; the header is checked, the payload is not.
+
+    The header is shared with other tokens when it comes from ``headers``: read it,
+    never change it."""
+    parts = token.split(".")
+    if len(parts) != 3 or not token.isascii():
+        raise AuthError("malformed token")
+    header = _header(parts[0]) if headers is None else headers.header(parts[0])
     return Parsed(header, _segment(parts[1]), f"{parts[0]}.{parts[1]}".encode(),
                   _segment(parts[2]))
 
 
-def verify_hmac(parsed: Parsed, algorithm: str, secret: bytes) -> None:
-    expected = hmac.new(secret, parsed.signing_input, _HASHES[algorithm]).digest()
+def keyed_hmac(algorithm: str, secret: bytes) -> hmac.HMAC:
+    """The HMAC of ``algorithm`` with ``secret`` set, for :func:`verify_hmac` to
+    copy: the key schedule is done once, not once per token."""
+    return hmac.new(secret, digestmod=_HASHES[algorithm])
+
+
+def verify_hmac(parsed: Parsed, algorithm: str, secret: bytes | hmac.HMAC) -> None:
+    """``secret`` is the key itself, or :func:`keyed_hmac` of it for ``algorithm``."""
+    if isinstance(secret, bytes):
+        expected = hmac.new(secret, parsed.signing_input, _HASHES[algorithm]).digest()
+    else:
+        keyed = secret.copy()
+        keyed.update(parsed.signing_input)
+        expected = keyed.digest()
     if not hmac.compare_digest(expected, parsed.signature):
         raise AuthError("invalid signature")
 

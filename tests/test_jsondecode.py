@@ -1,0 +1,62 @@
+"""jsondecode.loads against json.loads: the same values, the same refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sse_service.jsondecode import loads
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_values, st.sampled_from(["", " ", "\n\t\r "]))
+def test_every_json_text_reads_as_json_loads_reads_it(value: object, space: str) -> None:
+    text = space + json.dumps(value, ensure_ascii=False) + space
+    assert loads(text.encode()) == json.loads(text.encode())
+    assert loads(text) == json.loads(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=40) | st.text(max_size=40).map(str.encode))
+def test_any_bytes_are_read_or_refused_as_json_loads_does(data: bytes) -> None:
+    try:
+        expected = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(data) > 1 and 0 in data[:4]):
+            return  # json.loads sniffs UTF-16/32 here; only UTF-8 is JSON between systems
+        with pytest.raises(type(exc) if isinstance(exc, RecursionError) else ValueError):
+            loads(data)
+        return
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(data) > 1 and 0 in data[:4]):
+        return
+    actual = loads(data)
+    assert actual == expected or (isinstance(actual, float) and math.isnan(actual))
+
+
+@pytest.mark.parametrize("text", [b"", b"   ", b"{", b'{"a":1} x', b"[1,]", b"\xff", b"{} {}"])
+def test_what_is_not_one_json_text_is_a_value_error(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        loads(text)
+
+
+def test_a_byte_order_mark_is_skipped_and_lone_surrogates_pass_as_json_loads_passes_them() -> None:
+    assert loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1} == json.loads(b'\xef\xbb\xbf{"a": 1}')
+    encoded = b'"\xed\xa0\x80"'  # UTF-8 bytes of a lone surrogate
+    assert loads(encoded) == json.loads(encoded) == "\ud800"
+
+
+def test_nesting_beyond_the_interpreter_limit_is_a_recursion_error() -> None:
+    with pytest.raises(RecursionError):
+        loads(b"[" * 100_000 + b"]" * 100_000)

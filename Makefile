@@ -25,12 +25,17 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# Chromium for the browser tests and redis-server for the Redis tests, from
-# Debian's packages when missing (never a browser download of Playwright's own).
+# Chromium for the browser tests, redis-server for the Redis tests and curl,
+# from Debian's packages when missing (never a browser download of Playwright's
+# own). Only this installs them: the tests look for each on PATH and, without
+# it, skip (under CI, with CI=true, fail). Each command is its package's name.
+SYSTEM_DEPS := chromium redis-server curl
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
-	@command -v redis-server >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q redis-server; }
-	@command -v curl >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q curl; }
+	@missing=$$(for cmd in $(SYSTEM_DEPS); do command -v $$cmd >/dev/null 2>&1 || printf '%s ' $$cmd; done); \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing $$missing(Debian packages)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
 
 run: $(RUN_STAMP)
 	@bash scripts/run-dev.sh serve

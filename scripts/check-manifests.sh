@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Offline checks of the deployment files, for CI and for a laptop:
 #   1. hadolint on the Dockerfile;
-#   2. kustomize render of every overlay (and of each overlay with the opt-in
-#      declarative-subscription component) into a temporary directory;
+#   2. kustomize render of every overlay (and of each overlay with each opt-in
+#      component under manifests/components/) into a temporary directory;
 #   3. kubernetes-validate --strict on the Kubernetes kinds of each render,
 #      against the oldest Kubernetes the manifests support and the newest the
 #      validator knows;
-#   4. check-jsonschema on the Dapr kinds (Component, Subscription) with the
-#      schemas in manifests/schemas/.
+#   4. check-jsonschema on the custom kinds kubernetes-validate has no schema
+#      for (Dapr's Component and Subscription, the Prometheus Operator's
+#      PodMonitor) with the schemas in manifests/schemas/.
 #
 # Tools are installed into the active Python environment when missing
 # ($PYTHON, else $VIRTUAL_ENV, else python3). kubectl (or a standalone
@@ -99,33 +100,35 @@ hadolint Dockerfile
 echo "ok -- Dockerfile"
 
 # --- 2. render ---------------------------------------------------------------
-# name -> kustomization directory. The "+subscription" variants compose the
-# opt-in component on top of an overlay from a temporary kustomization (paths
-# must be relative for kustomize).
+# name -> kustomization directory. The "overlay+component" variants compose
+# one opt-in component on top of an overlay from a temporary kustomization
+# (paths must be relative for kustomize).
+relpath() { "$PYTHON" -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$1" "$2"; }
 declare -A TARGETS=()
 for overlay in manifests/overlays/*/; do
     overlay=${overlay%/}
     name=${overlay##*/}
     TARGETS[$name]="$ROOT/$overlay"
-    composite="$WORK/src/$name+subscription"
-    mkdir -p "$composite"
-    rel_overlay=$("$PYTHON" -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$ROOT/$overlay" "$composite")
-    rel_component=$("$PYTHON" -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' \
-        "$ROOT/manifests/components/declarative-subscription" "$composite")
-    cat >"$composite/kustomization.yaml" <<EOF
+    for component in manifests/components/*/; do
+        component=${component%/}
+        composite="$WORK/src/$name+${component##*/}"
+        mkdir -p "$composite"
+        cat >"$composite/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-  - $rel_overlay
+  - $(relpath "$ROOT/$overlay" "$composite")
 components:
-  - $rel_component
+  - $(relpath "$ROOT/$component" "$composite")
 EOF
-    TARGETS[$name+subscription]="$composite"
+        TARGETS[$name+${component##*/}]="$composite"
+    done
 done
 ((${#TARGETS[@]})) || die "no overlays under manifests/overlays/"
 
-# Split one render into k8s.yaml (Kubernetes kinds) and one file per Dapr
-# document (check-jsonschema reads one document per file).
+# Split one render into k8s.yaml (Kubernetes kinds) and one file per document
+# of a custom kind (check-jsonschema reads one document per file):
+# crd-<group>-<Kind>-<version>-<name>.yaml.
 split_render() {  # split_render RENDERED_FILE OUT_DIR
     "$PYTHON" - "$1" "$2" <<'PY'
 import os
@@ -137,19 +140,22 @@ src, out = sys.argv[1], sys.argv[2]
 os.makedirs(out, exist_ok=True)
 with open(src, encoding="utf-8") as fh:
     docs = [d for d in yaml.safe_load_all(fh) if d]
+# API groups of custom resources: kubernetes-validate knows none of them.
+CUSTOM = {"dapr.io": "dapr", "monitoring.coreos.com": "monitoring"}
 k8s = []
 for doc in docs:
     api, kind = doc.get("apiVersion", ""), doc.get("kind", "")
-    if api.startswith("dapr.io/"):
+    group, _, version = api.rpartition("/")
+    if group in CUSTOM:
         name = doc.get("metadata", {}).get("name", "unnamed")
-        path = os.path.join(out, f"dapr-{kind}-{api.split('/')[1]}-{name}.yaml")
+        path = os.path.join(out, f"crd-{CUSTOM[group]}-{kind}-{version}-{name}.yaml")
         with open(path, "w", encoding="utf-8") as fh:
             yaml.safe_dump(doc, fh, sort_keys=False)
     else:
         k8s.append(doc)
 with open(os.path.join(out, "k8s.yaml"), "w", encoding="utf-8") as fh:
     yaml.safe_dump_all(k8s, fh, sort_keys=False)
-print(f"{len(docs)} documents: {len(k8s)} Kubernetes, {len(docs) - len(k8s)} Dapr")
+print(f"{len(docs)} documents: {len(k8s)} Kubernetes, {len(docs) - len(k8s)} custom")
 PY
 }
 
@@ -175,14 +181,15 @@ for name in $(printf '%s\n' "${!TARGETS[@]}" | sort); do
     fi
     echo "ok -- $(grep -c '^kind:' "$out/split/k8s.yaml") Kubernetes resources valid"
 
-    # --- 4. Dapr kinds -------------------------------------------------------
+    # --- 4. custom kinds -----------------------------------------------------
     shopt -s nullglob
-    for f in "$out"/split/dapr-*.yaml; do
+    for f in "$out"/split/crd-*.yaml; do
         base=${f##*/}
         case "$base" in
-            dapr-Component-v1alpha1-*) schema=manifests/schemas/dapr-component.json ;;
-            dapr-Subscription-v2alpha1-*) schema=manifests/schemas/dapr-subscription-v2alpha1.json ;;
-            *) die "$name: no schema for Dapr resource $base (add one under manifests/schemas/)" ;;
+            crd-dapr-Component-v1alpha1-*) schema=manifests/schemas/dapr-component.json ;;
+            crd-dapr-Subscription-v2alpha1-*) schema=manifests/schemas/dapr-subscription-v2alpha1.json ;;
+            crd-monitoring-PodMonitor-v1-*) schema=manifests/schemas/podmonitor-v1.json ;;
+            *) die "$name: no schema for custom resource $base (add one under manifests/schemas/)" ;;
         esac
         log "check-jsonschema $name: $base against ${schema##*/}"
         check-jsonschema --schemafile "$schema" "$f"

@@ -28,9 +28,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from conftest import SECRET, Service, make_token, running_service
 from sse_service.config import Settings
 from sse_service.logs import redact
+from support import SECRET, Service, make_token, running_service
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from conftest import Service, running_service
+from support import Service, running_service
 from test_auth import assert_refused_stream, assert_stream_of
 
 pytestmark = pytest.mark.timeout(60)

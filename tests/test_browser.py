@@ -18,24 +18,20 @@ import jwt
 import pytest
 from playwright.async_api import Browser, Page, Request, Route, async_playwright, expect
 
-from browser_support import (
-    CHROMIUM,
+from support import SECRET, Service, aeventually, holds, make_token
+from support.browser import (
     CHROMIUM_ARGS,
-    CuttableProxy,
     Frontend,
     count_requests,
-    ensure_chromium,
-    holds,
     open_streams,
-    poll,
     publish,
+    require_chromium,
 )
-from conftest import SECRET, Service, make_token
-from redis_support import RedisServer, redis_server  # noqa: F401
+from support.proxy import CuttableProxy
+from support.redis import RedisServer
 
-_unusable = ensure_chromium()
-if _unusable is not None:
-    pytest.skip(f"no Chromium for browser tests: {_unusable}", allow_module_level=True)
+# Without Chromium the module skips (`make system-deps` installs it); under CI it fails.
+CHROMIUM = require_chromium()
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -170,7 +166,7 @@ async def test_restart_of_a_memory_service_shows_resync_then_new_events(
 
 async def test_restart_with_redis_loses_nothing(
     browser: Browser, start_service: Callable[..., Service],
-    redis_server: Callable[..., RedisServer],  # noqa: F811
+    redis_server: Callable[..., RedisServer],
 ) -> None:
     redis = redis_server()
     settings = {"retry_ms": 400, "backend": "redis", "redis_url": redis.url, "demo_page": True}
@@ -225,7 +221,7 @@ async def test_expired_token_is_replaced_without_losing_events(
     # The token runs out: the server's close event says so, and the client
     # asks for a new token at once instead of letting the browser retry with
     # the old one into a 401.
-    await poll(lambda: len(mints) >= 2, 15, "a token refresh")
+    await aeventually(lambda: len(mints) >= 2, 15, message="a token refresh")
     await expect_status(page, "reconnecting")
     await expect(page.get_by_test_id("status")).to_have_attribute("title", "token_expired")
     for task_id in (2, 3):
@@ -290,7 +286,7 @@ async def test_reload_resumes_from_the_stored_id(browser: Browser, service: Serv
 
     await page.route("**/static/sse-client.js", hold)
     reloading = asyncio.ensure_future(page.reload())
-    await poll(lambda: _no_streams(service), 10, "the old page's stream to close")
+    await aeventually(lambda: _no_streams(service), 10, message="the old page's stream to close")
     for task_id in (3, 4):
         await publish(service.url, "42", task_id)
     loaded.set()
@@ -318,7 +314,7 @@ async def test_bad_token_closes_for_good(browser: Browser, service: Service) -> 
     def refused() -> int:
         return count_requests(service.logs(), "/events", 401)
 
-    await poll(lambda: refused() >= 1, 10, "the refused stream in the access log")
+    await aeventually(lambda: refused() >= 1, 10, message="the refused stream in the access log")
     # The stream and one diagnosing request, and then nothing: no retry loop.
     await holds(lambda: refused() <= 2, 3, "at most two refused requests")
     await expect_status(page, "closed")
@@ -349,12 +345,12 @@ async def test_cross_origin_stream_with_cookie(
             assert count_requests(service.logs(), "/events", 200, query=False) >= 1
             assert count_requests(service.logs(), "/events", query=True) == 0
         else:
-            await poll(lambda: count_requests(service.logs(), "/events", 200) >= 1, 10,
-                       "the stream request")
+            await aeventually(lambda: count_requests(service.logs(), "/events", 200) >= 1, 10,
+                              message="the stream request")
             await publish(service.url, "carol", 1)
             attempts = count_requests(service.logs(), "/events")
-            await poll(lambda: count_requests(service.logs(), "/events") > attempts, 15,
-                       "another attempt")
+            await aeventually(lambda: count_requests(service.logs(), "/events") > attempts, 15,
+                              message="another attempt")
             await expect_status(page, "connecting")
             await expect(page.locator("#events li")).to_have_count(0)
     finally:
@@ -431,3 +427,113 @@ async def test_refresh_before_any_event_resumes_from_the_ready_position(
     await expect_status(page, "open")
     assert await page.locator("#resync").is_hidden()
     assert len(mints) == 2
+
+
+# -- the publish form and the task board ---------------------------------------------
+
+
+async def publish_with_form(page: Page, event: str, task_id: int, title: str = "",
+                            status: str = "SUCCESS") -> None:
+    """Publish through the page's form; the reply carries ``status``."""
+    await page.select_option("#task-event", event)
+    await page.fill("#task-id", str(task_id))
+    await page.fill("#task-title", title)
+    async with page.expect_response("**/demo/publish", timeout=WAIT_MS) as answer:
+        await page.click("#publish")
+    reply = await answer.value
+    assert reply.status == 200 and (await reply.json())["status"] == status, await reply.text()
+
+
+async def board(page: Page) -> list[tuple[str, str, str]]:
+    """The board's rows: (task id, open or done, title)."""
+    rows: list[list[str]] = await page.eval_on_selector_all("#board li", """rows => rows.map(
+        row => [row.dataset.taskId, row.dataset.state,
+                row.querySelector(".task-title").textContent])""")
+    return [(task_id, state, title) for task_id, state, title in rows]
+
+
+async def wait_board(page: Page, expected: list[tuple[str, str, str]]) -> None:
+    async def shown() -> bool:
+        return await board(page) == expected
+
+    await aeventually(shown, WAIT_MS / 1000, message=f"the board to show {expected}")
+
+
+async def test_the_form_publishes_and_the_board_applies_each_event(
+    browser: Browser, service: Service
+) -> None:
+    page = await (await browser.new_context()).new_page()
+    await page.goto(service.url)
+    # Nobody to publish for before signing in.
+    await expect(page.locator("#publish")).to_be_disabled()
+    await page.fill("#user", "42")
+    await page.click("#mint")
+    await expect_status(page, "open")
+    await expect(page.locator("#publish")).to_be_enabled()
+    await expect(page.locator("#board-empty")).to_be_visible()
+    await publish_with_form(page, "task.created", 1, "Water the plants")
+    await wait_board(page, [("1", "open", "Water the plants")])
+    await expect(page.locator("#publish-result")).to_have_text(
+        "SUCCESS: task.created #1 for user 42")
+    await expect(page.locator("#board-empty")).to_be_hidden()
+    await publish_with_form(page, "task.created", 2, "Buy oat milk")
+    await publish_with_form(page, "task.updated", 1, "Water the ferns")
+    # Updated in place: the board is keyed by task id, not a list of events.
+    await wait_board(page, [("1", "open", "Water the ferns"), ("2", "open", "Buy oat milk")])
+    # No title in the event: the board keeps the one it has.
+    await publish_with_form(page, "task.completed", 2)
+    await wait_board(page, [("1", "open", "Water the ferns"), ("2", "done", "Buy oat milk")])
+    await publish_with_form(page, "task.deleted", 1)
+    await wait_board(page, [("2", "done", "Buy oat milk")])
+    # A delivery from daprd lands on the same board.
+    await publish(service.url, "42", 3)
+    await wait_board(page, [("2", "done", "Buy oat milk"), ("3", "open", "t3")])
+    await wait_tasks(page, [1, 2, 1, 2, 1, 3])
+    # A request the endpoint refuses shows its reason, and changes nothing.
+    await page.fill("#task-id", str(2**53))
+    await page.click("#publish")
+    await expect(page.locator("#publish-result")).to_have_text(
+        "refused (422): task.id: Input should be less than or equal to 9007199254740991",
+        timeout=WAIT_MS)
+    await publish(service.url, "42", 4)
+    await wait_tasks(page, [1, 2, 1, 2, 1, 3, 4])
+    assert len(await board(page)) == 3
+    await expect(page.locator("#resync")).to_be_hidden()
+
+
+async def test_a_resync_clears_the_board_and_says_to_reload(
+    browser: Browser, start_service: Callable[..., Service]
+) -> None:
+    # Two events of history: a reconnect that missed three finds its position
+    # trimmed, and the server says resync (expired).
+    service = start_service(retry_ms=400, demo_page=True, history_size=2, max_event_bytes=256)
+    proxy = await CuttableProxy(service.port).start()
+    try:
+        # Signed in with the cookie: the form's requests carry no token of their own.
+        page = await open_demo(browser, proxy.url, "user=42&mode=cookie")
+        await expect_status(page, "open")
+        for task_id in (1, 2):
+            await publish_with_form(page, "task.created", task_id, f"task {task_id}")
+        await wait_board(page, [("1", "open", "task 1"), ("2", "open", "task 2")])
+        # Valid for the form, too large for SSE_MAX_EVENT_BYTES: the ingest's
+        # DROP and its reason reach the page.
+        await publish_with_form(page, "task.created", 3, "x" * 200, status="DROP")
+        await expect(page.locator("#publish-result")).to_have_text(
+            re.compile(r"^DROP: event of \d+ bytes exceeds SSE_MAX_EVENT_BYTES=256$"))
+        proxy.cut()
+        await expect_status(page, "reconnecting")
+        for task_id in (7, 8, 9):
+            await publish(service.url, "42", task_id)
+        proxy.release()
+        await expect(page.locator("#resync")).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#resync-reason")).to_have_text("expired")
+        await expect(page.locator("#resync")).to_contain_text("reload from your API")
+        await wait_board(page, [])
+        await expect(page.locator("#board-empty")).to_be_visible()
+        await expect_status(page, "open")
+        # Later events land on the emptied board, as they would on a refetched one.
+        await publish_with_form(page, "task.created", 10, "after the resync")
+        await wait_board(page, [("10", "open", "after the resync")])
+        await wait_tasks(page, [1, 2, 10])
+    finally:
+        await proxy.close()

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import jwt
 import pytest
 
-from conftest import SECRET, free_port
-from conftest import cloudevent as delivery
+from support import SECRET, free_port
+from support import cloudevent as delivery
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from conftest import Service
 from sse_service.sse import Decoder
+from support import Service
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("stream_path")]
 

@@ -8,7 +8,6 @@ for bulk); replies are interpreted with :func:`daprd_outcome` and
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import select
@@ -23,20 +22,21 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import (
-    DAPR_HEADERS,
-    NO_TRACE,
-    Service,
-    cloudevent,
-    running_service,
-    task_event,
-)
-from redis_support import redis_server  # noqa: F401
 from sse_service.broker import Appended, Position
 from sse_service.broker_memory import MemoryBroker
 from sse_service.config import Settings
 from sse_service.errors import BackendUnavailable
 from sse_service.ingest import Ingest
+from support import (
+    DAPR_HEADERS,
+    NO_TRACE,
+    Service,
+    aeventually,
+    cloudevent,
+    eventually,
+    running_service,
+    task_event,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -235,14 +235,12 @@ def post_bulk(service: Service, entries: list[dict[str, Any]]) -> httpx.Response
 
 def log_line(service: Service, *parts: str, timeout: float = 10) -> str:
     """Wait for one log line containing every part; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in service.logs().splitlines():
-            if all(part in line for part in parts):
-                return line
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no log line with {parts!r}:\n{service.logs()[-4000:]}")
-        time.sleep(0.02)
+    def found() -> str | None:
+        lines = service.logs().splitlines()
+        return next((line for line in lines if all(part in line for part in parts)), None)
+
+    return str(eventually(found, timeout,
+                          message=lambda: f"no log line with {parts!r}:\n{service.logs()[-4000:]}"))
 
 
 async def assert_next_task(stream, task_id: int, timeout: float = 5) -> None:
@@ -722,10 +720,8 @@ async def test_readiness_reports_ready_and_counts_streams(start_service, open_st
     stream = await open_stream(svc, token=svc.token(user()))
     assert readiness() == {"status": "ready", "streams": 1}
     await stream.close()
-    deadline = time.monotonic() + 10
-    while readiness()["streams"] != 0:
-        assert time.monotonic() < deadline, "the closed stream is still counted"
-        await asyncio.sleep(0.02)
+    await aeventually(lambda: readiness()["streams"] == 0, 10,
+                      message="the closed stream is still counted")
 
 
 class _FlakyBroker(MemoryBroker):
@@ -934,7 +930,7 @@ async def test_poison_bulk_entries_are_dropped_one_by_one_and_the_rest_stored_in
 
 
 def test_lone_surrogate_in_id_or_source_is_dropped_on_redis(
-        start_service, redis_server):  # noqa: F811
+        start_service, redis_server):
     svc = start_service(backend="redis", redis_url=redis_server().url)
     for fields in ({"event_id": "\ud800" + new_id()}, {"source": "billing-\udc00"}):
         response = svc.deliver(cloudevent(task_event(user(), 1), **fields))

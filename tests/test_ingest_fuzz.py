@@ -36,14 +36,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DAPR_HEADERS, NO_TRACE
-from redis_support import RedisServer, redis_server  # noqa: F401
 from sse_service.broker import Appended, Broker, Position, Record
 from sse_service.broker_memory import MemoryBroker
 from sse_service.config import Settings
 from sse_service.errors import BackendUnavailable
 from sse_service.events import EVENT_TYPES, MAX_DEPTH
 from sse_service.ingest import Ingest
+from support import DAPR_HEADERS, NO_TRACE
+from support.redis import RedisServer
 from test_ingest import ACK, DROP, RETRY, daprd_bulk_outcomes, daprd_outcome
 
 pytestmark = pytest.mark.timeout(120)
@@ -440,7 +440,7 @@ def memory() -> Iterator[Harness]:
 
 
 @pytest.fixture
-def redis_backed(redis_server) -> Iterator[Harness]:  # noqa: F811
+def redis_backed(redis_server) -> Iterator[Harness]:
     from sse_service.broker_redis import RedisBroker
 
     server: RedisServer = redis_server()
@@ -512,7 +512,7 @@ def test_no_delivery_over_http_gets_a_server_error_memory(start_service):
     assert "Traceback" not in svc.logs()
 
 
-def test_no_delivery_over_http_gets_a_server_error_redis(start_service, redis_server):  # noqa: F811
+def test_no_delivery_over_http_gets_a_server_error_redis(start_service, redis_server):
     server = redis_server()
     svc = start_service(max_event_bytes=MAX_EVENT_BYTES, backend="redis", redis_url=server.url)
     with httpx.Client(base_url=svc.url, timeout=10) as client:

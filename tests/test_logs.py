@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -22,7 +23,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 from uvicorn.logging import AccessFormatter
 
-from conftest import (
+from sse_service.broker import Position, Record, Replay
+from sse_service.connection import Connection
+from sse_service.log_setup import (
+    ACCESS_FORMAT,
+    LoopFlushedHandler,
+    TextLines,
+    lighten_records,
+    log_config,
+)
+from sse_service.logs import (
+    MAX_ARG_CHARS,
+    MAX_LOGGED_CHARS,
+    MAX_MESSAGE_CHARS,
+    SafeRecords,
+    escape,
+    install_filter,
+    redact,
+)
+from sse_service.logs_json import JsonLines, trace_id
+from support import (
     DAPR_HEADERS,
     NO_TRACE,
     SECRET,
@@ -32,19 +52,6 @@ from conftest import (
     make_token,
     wait_healthy,
 )
-from sse_service.broker import Position, Record, Replay
-from sse_service.connection import Connection
-from sse_service.logs import (
-    MAX_ARG_CHARS,
-    MAX_LOGGED_CHARS,
-    MAX_MESSAGE_CHARS,
-    SafeRecords,
-    escape,
-    install_filter,
-    log_config,
-    redact,
-)
-from sse_service.logs_json import JsonLines, trace_id
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -482,7 +489,7 @@ def test_log_config_filters_both_handlers_in_both_formats(fmt):
     for handler in config["handlers"].values():
         assert handler["filters"] == ["safe"]
     formatters = {f.get("()") for f in config["formatters"].values()}
-    assert ("sse_service.logs_json.JsonLines" in formatters) == (fmt == "json")
+    assert (JsonLines in formatters) == (fmt == "json")
 
 
 # -- end to end: a real service's JSON log ----------------------------------------------
@@ -562,7 +569,6 @@ def test_the_text_access_line_is_uvicorns_own(status):
     # render exactly what uvicorn's AccessFormatter does.
     from uvicorn.logging import AccessFormatter
 
-    from sse_service.logs import TextLines
 
     fmt = '%(asctime)s INFO access: %(client_addr)s "%(request_line)s" %(status_code)s'
     args = ("127.0.0.1:5555", "GET", "/events?lastEventId=e-1", "1.1", status)
@@ -575,3 +581,83 @@ def test_the_text_access_line_is_uvicorns_own(status):
 
     assert TextLines(fmt).format(record()) == AccessFormatter(fmt, use_colors=False).format(
         record())
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.flushed = ""
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed = self.getvalue()
+
+
+def _counting_handler() -> tuple[logging.Logger, _CountingStream]:
+    stream = _CountingStream()
+    handler = LoopFlushedHandler(stream)
+    logger = logging.getLogger(f"test.loopflushed.{id(stream)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger, stream
+
+
+def test_in_a_running_loop_the_lines_of_one_turn_leave_in_one_flush_at_its_end() -> None:
+    logger, stream = _counting_handler()
+
+    async def turn() -> None:
+        for i in range(100):
+            logger.info("line %d", i)
+        assert stream.flushes == 0 and stream.flushed == ""
+        await asyncio.sleep(0)  # the next turn of the loop
+        assert stream.flushes == 1
+        assert stream.flushed.splitlines() == [f"line {i}" for i in range(100)]
+        logger.info("later")
+        await asyncio.sleep(0)
+        assert stream.flushes == 2 and stream.flushed.endswith("later\n")
+
+    asyncio.run(turn())
+
+
+def test_outside_a_loop_and_after_one_stopped_every_line_is_flushed_at_once() -> None:
+    logger, stream = _counting_handler()
+    logger.info("before")
+    assert stream.flushes == 1
+
+    async def log_and_stop() -> None:
+        logger.info("in a loop that stops before its next turn")
+
+    asyncio.run(log_and_stop())
+    logger.info("after")
+    assert stream.flushed.endswith("after\n")
+
+
+def test_light_records_carry_no_call_site_thread_or_process_and_both_formats_still_render(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored afterwards
+    lighten_records()
+    logger, stream = _counting_handler()
+    record = logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, "%s", ("x",), None)
+    assert (record.thread, record.process, record.processName) == (None, None, None)
+    logger.info("where from")
+    assert stream.flushed == "where from\n"
+    seen: list[logging.LogRecord] = []
+    logger.addFilter(lambda r: seen.append(r) or True)  # type: ignore[func-returns-value]
+    logger.info("called here")
+    assert (seen[0].funcName, seen[0].lineno) == ("(unknown function)", 0)
+    assert json.loads(JsonLines().format(seen[0]))["message"] == "called here"
+
+
+@pytest.mark.parametrize("status", [200, 401, 599])
+def test_an_access_line_written_out_is_the_access_format_rendered(status: object) -> None:
+    args = ("127.0.0.1:5555", "GET", "/events?lastEventId=abc", "1.1", status)
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
+                               '%s - "%s %s HTTP/%s" %d', args, None)
+    # The same format, spelled so the general path renders it.
+    general = TextLines(ACCESS_FORMAT.replace(" INFO ", " %(levelname)s "))
+    assert TextLines(ACCESS_FORMAT).format(record) == general.format(record)
+    assert '"GET /events?lastEventId=abc HTTP/1.1"' in general.format(record)

@@ -1,10 +1,11 @@
 """The Kubernetes manifests agree with the service they deploy.
 
 Each overlay under manifests/overlays/ is rendered with kustomize (``kubectl
-kustomize``, or a standalone ``kustomize build``), alone and with the opt-in
-declarative-subscription component, and the rendered objects are checked
-against :class:`sse_service.config.Settings` and the runtime contracts: probe
-paths, ports, drain timing, Dapr wiring, ingress exposure, secrets.
+kustomize``, or a standalone ``kustomize build``), alone and with each opt-in
+component (declarative subscription, PodMonitor), and the rendered objects are
+checked against :class:`sse_service.config.Settings` and the runtime contracts:
+probe paths, ports, drain timing, Dapr wiring, ingress exposure, metrics,
+secrets.
 
 Schema validation (kubernetes-validate, check-jsonschema) and hadolint run in
 scripts/check-manifests.sh, which also installs kubectl when it is missing.
@@ -34,6 +35,8 @@ OVERLAYS = sorted(
     p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "kustomization.yaml").is_file()
 )
 SUBSCRIPTION_COMPONENT = MANIFESTS / "components" / "declarative-subscription"
+PODMONITOR_COMPONENT = MANIFESTS / "components" / "metrics-podmonitor"
+COMPONENTS = {"subscription": SUBSCRIPTION_COMPONENT, "podmonitor": PODMONITOR_COMPONENT}
 SCHEMAS = MANIFESTS / "schemas"
 
 APP_NAME = "sse-service"  # Deployment, container, Service and Dapr app-id
@@ -41,6 +44,11 @@ READY_PATH = "/readyz"
 LIVE_PATH = "/healthz"
 DAPR_ROUTE = "/task-updates"
 PUBLIC_PATHS = {"/events", "/static"}  # the only paths the ingress may route
+METRICS_PATH = "/metrics"
+#: daprd's ports in the same pod: HTTP and gRPC APIs, internal gRPC, metrics.
+DAPR_PORTS = {3500, 50001, 50002, 9090}
+#: Where Prometheus runs: the only namespace admitted to the metrics port.
+MONITORING_NAMESPACE = "monitoring"
 NEVER_PUBLIC = ["/dapr/subscribe", "/dapr/config", DAPR_ROUTE, "/", READY_PATH, LIVE_PATH]
 # Names the app reads without the SSE_ prefix.
 EXTRA_ENV = {"APP_API_TOKEN", "BETTER_AUTH_SECRET"}
@@ -138,24 +146,26 @@ def _render(directory: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    """name -> rendered objects, for every overlay and overlay+subscription."""
+    """name -> rendered objects, for every overlay and overlay+component."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name in OVERLAYS:
         overlay = MANIFESTS / "overlays" / name
         out[name] = _render(overlay)
-        composite = tmp_path_factory.mktemp(f"{name}-subscription")
-        (composite / "kustomization.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                    "kind": "Kustomization",
-                    # kustomize wants relative paths
-                    "resources": [os.path.relpath(overlay, composite)],
-                    "components": [os.path.relpath(SUBSCRIPTION_COMPONENT, composite)],
-                }
-            )
-        )
-        out[f"{name}+subscription"] = _render(composite)
+        # As when the overlay lists the component: its objects land in its namespace.
+        namespace = yaml.safe_load((overlay / "kustomization.yaml").read_text()).get("namespace")
+        for short, component in COMPONENTS.items():
+            composite = tmp_path_factory.mktemp(f"{name}-{short}")
+            kustomization = {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # kustomize wants relative paths
+                "resources": [os.path.relpath(overlay, composite)],
+                "components": [os.path.relpath(component, composite)],
+            }
+            if namespace:
+                kustomization["namespace"] = namespace
+            (composite / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+            out[f"{name}+{short}"] = _render(composite)
     return out
 
 
@@ -169,6 +179,13 @@ def docs_with_subscription(
     request: pytest.FixtureRequest, renders: dict[str, list[dict[str, Any]]]
 ) -> Any:
     return renders[f"{request.param}+subscription"]
+
+
+@pytest.fixture(params=OVERLAYS)
+def docs_with_podmonitor(
+    request: pytest.FixtureRequest, renders: dict[str, list[dict[str, Any]]]
+) -> Any:
+    return renders[f"{request.param}+podmonitor"]
 
 
 # --- reading rendered objects --------------------------------------------------
@@ -349,7 +366,8 @@ def test_probe_paths_exist_in_app() -> None:
 
     from sse_service.app import create_app
 
-    settings = settings_class(jwt_secret="test-only-secret-" + "x" * 32, backend="memory")
+    settings = settings_class(jwt_secret="test-only-secret-" + "x" * 32, backend="memory",
+                              metrics_port=0)
     with TestClient(create_app(settings)) as client:
         assert client.get(LIVE_PATH).status_code == 200
         assert client.get(READY_PATH).status_code == 200
@@ -524,6 +542,103 @@ def test_network_policy_admits_only_ingress_controller(docs: list[dict[str, Any]
                     for s in sources
                 }
                 assert namespaces == {"ingress-nginx"}, f"app port admitted from {namespaces}"
+
+
+# --- metrics ------------------------------------------------------------------------
+
+
+def _metrics_port(docs: list[dict[str, Any]]) -> int:
+    return int(_setting(docs, "metrics_port"))
+
+
+def test_metrics_port_is_declared_and_annotated(docs: list[dict[str, Any]]) -> None:
+    port = _metrics_port(docs)
+    assert port != 0, "metrics are off in the manifests"
+    assert port != _container_port(docs)
+    assert port not in DAPR_PORTS, f"SSE_METRICS_PORT {port} is a port of daprd in the same pod"
+    ports = {p.get("name"): p["containerPort"] for p in _container(docs).get("ports", [])}
+    assert ports.get("metrics") == port, "the container port named metrics is not SSE_METRICS_PORT"
+    notes = _annotations(docs)
+    assert notes.get("prometheus.io/scrape") == "true"
+    assert notes.get("prometheus.io/port") == str(port)
+    assert notes.get("prometheus.io/path") == METRICS_PATH
+
+
+def test_metrics_are_never_routed_by_the_service_or_ingress(docs: list[dict[str, Any]]) -> None:
+    port = _metrics_port(docs)
+    for service in _of_kind(docs, "Service"):
+        for service_port in service["spec"]["ports"]:
+            target = service_port.get("targetPort", service_port["port"])
+            assert target not in (port, "metrics") and service_port["port"] != port, (
+                f"Service {service['metadata']['name']} exposes the metrics port"
+            )
+    for _, path in _ingress_paths(docs):
+        assert not _path_matches(path["pathType"], path["path"], METRICS_PATH)
+        assert path["backend"]["service"]["port"] not in ({"name": "metrics"}, {"number": port})
+
+
+def test_network_policy_admits_prometheus_to_the_metrics_port_only(
+    docs: list[dict[str, Any]],
+) -> None:
+    port = _metrics_port(docs)
+    app_port = _container_port(docs)
+    admitted: set[str | None] = set()
+    for policy in _of_kind(docs, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            namespaces = {
+                s.get("namespaceSelector", {}).get("matchLabels", {})
+                .get("kubernetes.io/metadata.name")
+                for s in rule.get("from", [])
+            }
+            if port in ports or "metrics" in ports:
+                admitted |= namespaces
+                assert app_port not in ports, "the metrics rule opens the app port too"
+    assert admitted == {MONITORING_NAMESPACE}, f"metrics port admitted from {admitted}"
+
+
+def test_podmonitor_is_opt_in(docs: list[dict[str, Any]]) -> None:
+    assert not _of_kind(docs, "PodMonitor"), "the PodMonitor needs the Prometheus Operator: opt-in"
+
+
+def test_podmonitor_scrapes_the_app_pods(docs_with_podmonitor: list[dict[str, Any]]) -> None:
+    docs = docs_with_podmonitor
+    (monitor,) = _of_kind(docs, "PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    deployment = _deployment(docs)
+    assert monitor["metadata"].get("namespace") == deployment["metadata"].get("namespace")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    endpoints = {e["port"]: e for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert endpoints["metrics"].get("path", "/metrics") == METRICS_PATH
+    ports = {p.get("name") for p in _container(docs).get("ports", [])}
+    assert "metrics" in ports
+    # daprd's port, named by the sidecar injector; not in the Deployment itself.
+    assert set(endpoints) <= ports | {"dapr-metrics"}
+
+
+def test_podmonitor_schema_catches_common_mistakes() -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="installed with check-jsonschema")
+    schema = json.loads((SCHEMAS / "podmonitor-v1.json").read_text())
+    monitor = yaml.safe_load((PODMONITOR_COMPONENT / "podmonitor.yaml").read_text())
+
+    def errors(doc: dict[str, Any]) -> list[str]:
+        return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)]
+
+    assert errors(monitor) == []
+    service_monitor_shape = json.loads(json.dumps(monitor))
+    service_monitor_shape["spec"]["endpoints"] = service_monitor_shape["spec"].pop(
+        "podMetricsEndpoints")
+    assert errors(service_monitor_shape)
+    number_as_port = json.loads(json.dumps(monitor))
+    number_as_port["spec"]["podMetricsEndpoints"][0]["port"] = 9464
+    assert errors(number_as_port)
+    bare_interval = json.loads(json.dumps(monitor))
+    bare_interval["spec"]["podMetricsEndpoints"][0]["interval"] = "15"
+    assert errors(bare_interval)
+    no_selector = json.loads(json.dumps(monitor))
+    del no_selector["spec"]["selector"]
+    assert errors(no_selector)
 
 
 # --- Dapr ---------------------------------------------------------------------------

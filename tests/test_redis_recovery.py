@@ -13,17 +13,14 @@ import contextlib
 import json
 import socket
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import DAPR_HEADERS, Service, Stream, cloudevent, task_event
-from redis_support import RedisServer, redis_server  # noqa: F401
 from sse_service.broker import Position, Record, Replay
 from sse_service.broker_redis import RedisBroker
 from sse_service.config import Settings
@@ -32,6 +29,8 @@ from sse_service.errors import BackendUnavailable, ResyncReason
 from sse_service.redis_keys import user_keys
 from sse_service.redis_pubsub import unsupported_version
 from sse_service.sse import Decoder, ServerSentEvent
+from support import DAPR_HEADERS, Service, Stream, aeventually, cloudevent, task_event
+from support.redis import RedisServer
 from test_ingest import BULK_HEADERS, bulk_body, bulk_entry, daprd_bulk_outcomes
 
 pytestmark = pytest.mark.timeout(90)
@@ -130,8 +129,8 @@ class Publisher:
     async def _deliver(self, task: int) -> None:
         body = cloudevent(task_event(self.user, task), f"ce-{self.user}-{task}")
         service = self.services[task % len(self.services)]
-        deadline = time.monotonic() + 30
-        while True:
+
+        async def acknowledged() -> bool:
             await asyncio.wait_for(self._gate.wait(), 30)
             self._idle.clear()
             try:
@@ -141,23 +140,13 @@ class Publisher:
                 self._idle.set()
             assert reply.status_code == 200, reply.text
             status = reply.json()["status"]
-            if status == "SUCCESS":
-                self.acked.append(task)
-                return
-            assert status == "RETRY", status
-            assert time.monotonic() < deadline, f"task {task} never acknowledged"
-            await asyncio.sleep(0.05)  # daprd's back-off before it redelivers
+            assert status in ("SUCCESS", "RETRY"), status
+            return status == "SUCCESS"
 
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str,
-                     timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result if isinstance(result, bool) else await result:
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+        # The interval is daprd's back-off before it redelivers.
+        await aeventually(acknowledged, 30, message=f"task {task} never acknowledged",
+                          interval=0.05)
+        self.acked.append(task)
 
 
 @pytest.fixture
@@ -204,7 +193,7 @@ async def settle(clients: list[Client], publisher: Publisher, server: RedisServe
         return any((p := Position.parse(e.id)) is not None and p.epoch == final.epoch
                    and p.offset >= final.offset for e in client.events)
 
-    await eventually(lambda: all(reached(c) for c in clients), f"position {final}")
+    await aeventually(lambda: all(reached(c) for c in clients), 20, message=f"position {final}")
     return final
 
 
@@ -228,7 +217,7 @@ def restart(server: RedisServer, kind: str, backup: bytes) -> None:
 
 @pytest.mark.parametrize("kind", ["older", "complete", "empty"])
 async def test_redis_restart_keeps_the_promise_for_live_and_resuming_streams(
-        kind: str, redis_server, start_service, clients, http) -> None:  # noqa: F811
+        kind: str, redis_server, start_service, clients, http) -> None:
     server = redis_server()
     a, b = (start_service(backend="redis", redis_url=server.url, keepalive_seconds=0.2)
             for _ in range(2))
@@ -236,16 +225,17 @@ async def test_redis_restart_keeps_the_promise_for_live_and_resuming_streams(
     live = [await clients(a, user), await clients(b, user)]
     publisher = Publisher(http, [a, b], user)
     await publisher.publish(10)
-    await eventually(lambda: all(len(c.tasks()) == 10 for c in live), "tasks 1-10")
+    await aeventually(lambda: all(len(c.tasks()) == 10 for c in live), 20, message="tasks 1-10")
     backup = await asyncio.to_thread(server.snapshot)
     early = list(live[0].events)
     await publisher.publish(10)
-    await eventually(lambda: all(len(c.tasks()) == 20 for c in live), "tasks 11-20")
+    await aeventually(lambda: all(len(c.tasks()) == 20 for c in live), 20, message="tasks 11-20")
     late = list(live[1].events)
 
     # Deliveries, to both replicas, right up to the restart and right after it.
     background = asyncio.ensure_future(publisher.publish(60))
-    await eventually(lambda: len(publisher.acked) >= 30, "deliveries before the restart")
+    await aeventually(lambda: len(publisher.acked) >= 30, 20,
+                      message="deliveries before the restart")
     # None in flight as Redis goes: an append that ran but lost its reply would
     # be stored again after the restart, behind the resync (its dedupe key went
     # with the old epoch), and this test follows each event once.
@@ -340,7 +330,7 @@ def switch() -> Iterator[Callable[[int], Switch]]:
 
 
 async def test_failover_to_a_lagging_replica_keeps_the_promise(
-        redis_server, start_service, clients, http, switch) -> None:  # noqa: F811
+        redis_server, start_service, clients, http, switch) -> None:
     primary = redis_server()
     primary.command("ACL", "SETUSER", "replicator", "on", ">repl-pw", "~*", "&*", "+@all")
     standby = redis_server("--replicaof", "127.0.0.1", str(primary.port),
@@ -354,14 +344,14 @@ async def test_failover_to_a_lagging_replica_keeps_the_promise(
     live = [await clients(a, user), await clients(b, user)]
     publisher = Publisher(http, [a, b], user)
     await publisher.publish(10)
-    await eventually(lambda: all(len(c.tasks()) == 10 for c in live), "tasks 1-10")
+    await aeventually(lambda: all(len(c.tasks()) == 10 for c in live), 20, message="tasks 1-10")
     assert primary.command("WAIT", 1, 5000) == 1, "the standby never caught up"
     early = list(live[0].events)
     # The standby loses its link: what the primary acknowledges now it never gets.
     primary.command("ACL", "SETUSER", "replicator", "off")
     primary.command("CLIENT", "KILL", "USER", "replicator")
     await publisher.publish(10)
-    await eventually(lambda: all(len(c.tasks()) == 20 for c in live), "tasks 11-20")
+    await aeventually(lambda: all(len(c.tasks()) == 20 for c in live), 20, message="tasks 11-20")
     late = list(live[1].events)
     stored = user_keys(user).log
     assert standby.command("XLEN", stored) == 10 and primary.command("XLEN", stored) == 20
@@ -382,7 +372,7 @@ async def test_failover_to_a_lagging_replica_keeps_the_promise(
 
 # -- the broker itself across restores -------------------------------------------------
 async def test_a_restored_backup_gets_a_new_epoch_and_serves_no_old_offset(
-        redis_server) -> None:  # noqa: F811
+        redis_server) -> None:
     server = redis_server()
     settings = Settings(backend="redis", redis_url=server.url)
     broker = RedisBroker(settings)
@@ -472,7 +462,7 @@ def test_an_expired_catch_up_resyncs_without_moving_back() -> None:
 
 # -- a full Redis ---------------------------------------------------------------------
 async def test_full_redis_answers_retry_and_not_ready_and_stops_growing(
-        redis_server, start_service, open_stream, http) -> None:  # noqa: F811
+        redis_server, start_service, open_stream, http) -> None:
     limit = 20 * 1024 * 1024
     server = redis_server("--maxmemory", str(limit), "--maxmemory-policy", "noeviction")
     service = start_service(backend="redis", redis_url=server.url, history_size=100_000,
@@ -529,7 +519,7 @@ def test_servers_before_redis_7_are_refused_with_a_reason() -> None:
 
 
 async def test_ping_names_a_replica_that_cannot_take_appends(
-        redis_server) -> None:  # noqa: F811
+        redis_server) -> None:
     primary = redis_server()
     standby = redis_server("--replicaof", "127.0.0.1", str(primary.port))
     broker = RedisBroker(Settings(backend="redis", redis_url=standby.url))

@@ -14,14 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import DAPR_HEADERS, Service, Stream, cloudevent, task_event
-from redis_support import RedisServer, redis_server  # noqa: F401
+from support import DAPR_HEADERS, Service, Stream, aeventually, cloudevent, task_event
+from support.redis import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,17 +55,10 @@ async def readyz(http: httpx.AsyncClient, service: Service) -> int:
     return (await http.get(f"{service.url}/readyz")).status_code
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def ready_state(http: httpx.AsyncClient, status: int, *services: Service) -> None:
     async def check() -> bool:
         return all([await readyz(http, s) == status for s in services])
-    await eventually(check, f"/readyz {status}")
+    await aeventually(check, 15, message=f"/readyz {status}", interval=0.05)
 
 
 async def keepalives_continue(*streams: Stream, count: int = 3) -> None:
@@ -73,12 +66,12 @@ async def keepalives_continue(*streams: Stream, count: int = 3) -> None:
 
     async def check() -> bool:
         return all(len(s.comments) >= mark + count for s, mark in zip(streams, marks, strict=True))
-    await eventually(check, "keepalives", timeout=10)
+    await aeventually(check, 10, message="keepalives", interval=0.05)
     assert not any(s.ended.is_set() for s in streams)
 
 
 async def test_event_delivered_to_one_replica_reaches_every_replica(
-        redis_server, replica, open_stream, http) -> None:  # noqa: F811
+        redis_server, replica, open_stream, http) -> None:
     server = redis_server()
     a, b = replica(server), replica(server)
     on_b = await open_stream(b, token=b.token("7"))
@@ -101,7 +94,7 @@ async def test_event_delivered_to_one_replica_reaches_every_replica(
 
 
 async def test_client_resumes_on_another_replica_after_sigkill(
-        redis_server, replica, open_stream, http) -> None:  # noqa: F811
+        redis_server, replica, open_stream, http) -> None:
     server = redis_server()
     a, b = replica(server), replica(server)
     stream = await open_stream(b, token=b.token("9"))
@@ -120,7 +113,7 @@ async def test_client_resumes_on_another_replica_after_sigkill(
 
 
 async def test_hung_redis_gets_retry_and_redeliveries_arrive_once(
-        redis_server, replica, open_stream, http) -> None:  # noqa: F811
+        redis_server, replica, open_stream, http) -> None:
     server = redis_server()
     a, b = replica(server, keepalive_seconds=0.2), replica(server, keepalive_seconds=0.2)
     streams = [await open_stream(s, token=s.token("5")) for s in (a, b)]
@@ -147,7 +140,7 @@ async def test_hung_redis_gets_retry_and_redeliveries_arrive_once(
 
 
 async def test_redis_restarted_empty_sends_resync_then_live_events(
-        redis_server, replica, open_stream, http) -> None:  # noqa: F811
+        redis_server, replica, open_stream, http) -> None:
     server = redis_server()
     a, b = replica(server, keepalive_seconds=0.2), replica(server, keepalive_seconds=0.2)
     streams = [await open_stream(s, token=s.token("6")) for s in (a, b)]
@@ -178,7 +171,7 @@ async def test_redis_restarted_empty_sends_resync_then_live_events(
 
 
 async def test_events_appended_while_one_replica_was_cut_off_reach_it(
-        redis_server, replica, open_stream, http) -> None:  # noqa: F811
+        redis_server, replica, open_stream, http) -> None:
     server = redis_server()
     server.command("ACL", "SETUSER", "replica-b", "on", ">secret-b-pw", "~*", "&*", "+@all")
     a = replica(server)
@@ -210,7 +203,7 @@ def run_check(url: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
-def test_check_command_exit_status_follows_redis(redis_server) -> None:  # noqa: F811
+def test_check_command_exit_status_follows_redis(redis_server) -> None:
     server = redis_server()
     server.command("ACL", "SETUSER", "checker", "on", ">check-pw", "~*", "&*", "+@all")
     url = server.url_for("checker", "check-pw")

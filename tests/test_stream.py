@@ -14,16 +14,17 @@ import sys
 import httpx
 import pytest
 
-from conftest import (
+from sse_service.sse import Decoder, ServerSentEvent
+from support import (
     DAPR_HEADERS,
     SECRET,
     Service,
+    aeventually,
     cloudevent,
     free_port,
     make_token,
     wait_healthy,
 )
-from sse_service.sse import Decoder, ServerSentEvent
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("stream_path")]
 
@@ -84,8 +85,11 @@ async def test_resume_has_no_gap_and_no_duplicate_while_publishing(service, open
                 await service.apublish(client, "resumer", n)
 
     publisher = asyncio.ensure_future(publish_all())
-    received = await first.tasks(40, timeout=20)
-    last_id = first.last_event_id
+    taken = await first.take(40, timeout=20)
+    received = [json.loads(e.data)["task"]["id"] for e in taken]
+    # The 40th event's id: the client may have read (and queued) later ones in the
+    # same read, and its last_event_id is already past them.
+    last_id = taken[-1].id
     await first.close()
     second = await open_stream(service, token=token, last_event_id=last_id)
     received += await second.tasks(total - 40, timeout=30)
@@ -186,13 +190,14 @@ async def test_keepalive_comments_while_idle(start_service, open_stream):
     stream = await open_stream(service, token=service.token("idle"))
     loop = asyncio.get_running_loop()
     seen: list[float] = []
-    deadline = loop.time() + 5
-    while len(seen) < 4 and loop.time() < deadline:
-        count = stream.comments.count("keepalive")
-        if count > len(seen):
+
+    def four_seen() -> bool:
+        if stream.comments.count("keepalive") > len(seen):
             seen.append(loop.time())
-        await asyncio.sleep(0.01)
-    assert len(seen) == 4, stream.comments
+        return len(seen) == 4
+
+    await aeventually(four_seen, 5, interval=0.01,
+                      message=lambda: f"4 keepalives: {stream.comments}")
     gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
     assert all(0.15 <= gap <= 0.9 for gap in gaps), gaps
 
@@ -246,14 +251,14 @@ async def test_a_signal_ends_the_process_with_status_0_and_no_traceback(
 
 
 async def _poll(request, status: int, timeout: float = 5) -> httpx.Response:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        response = await request()
-        if response.status_code == status or loop.time() > deadline:
-            assert response.status_code == status, response.text
-            return response
-        await asyncio.sleep(0.02)
+    responses: list[httpx.Response] = []
+
+    async def answered() -> httpx.Response | None:
+        responses.append(await request())
+        return responses[-1] if responses[-1].status_code == status else None
+
+    return await aeventually(answered, timeout,
+                             message=lambda: f"no {status}: {responses[-1].text}")
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -281,9 +286,9 @@ class RawStream:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.decoder = Decoder()
-        self.events: list[ServerSentEvent] = []
         self.comments: list[str] = []
+        self.decoder = Decoder(on_comment=self.comments.append)
+        self.events: list[ServerSentEvent] = []
         self.closes: list[str] = []
 
     @classmethod
@@ -308,7 +313,6 @@ class RawStream:
                 size = int(await asyncio.wait_for(self.reader.readline(), timeout), 16)
                 data = await asyncio.wait_for(self.reader.readexactly(size + 2), timeout)
                 text = data[:-2].decode()
-                self.comments += [line[2:] for line in text.splitlines() if line.startswith(": ")]
                 for event in self.decoder.feed(text):
                     if event.event == "close":
                         self.closes.append(json.loads(event.data)["reason"])

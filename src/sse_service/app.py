@@ -1,7 +1,8 @@
 """The application factory: wiring, routes and the lifespan.
 
 ``create_app(settings)`` builds every part from one :class:`Settings`; the
-lifespan starts them in order (broker, hub) and stops them in reverse.
+lifespan starts them in order (broker, hub, metrics server) and stops them in
+reverse.  The metrics and their registry belong to the application instance.
 ``/events`` and the Dapr delivery route are dispatched before FastAPI's
 routing and middleware: the stream is the path whose per-connection cost
 matters, the delivery route the one whose per-event cost does.
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,6 +35,7 @@ from .errors import BackendUnavailable
 from .hub import Hub
 from .ingest import ROUTE, Ingest
 from .logs import install_filter
+from .metrics import Metrics, MetricsServer, build_registry
 from .stream import StreamEndpoint
 
 __all__ = ["Application", "create_app", "create_broker"]
@@ -42,12 +45,20 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(str(files("sse_service") / "static"))
 
 
-def create_broker(settings: Settings) -> Broker:
+def create_broker(settings: Settings, metrics: Metrics | None = None) -> Broker:
     if settings.backend == "redis":
         from .broker_redis import RedisBroker
 
-        return RedisBroker(settings)
+        return RedisBroker(settings, metrics)
     return MemoryBroker(settings.history_size, settings.history_ttl_seconds)
+
+
+@runtime_checkable
+class _PubSub(Protocol):
+    """A broker with a pub/sub connection (Redis) whose state is a gauge."""
+
+    @property
+    def pubsub_connected(self) -> bool: ...
 
 
 class Application:
@@ -55,11 +66,17 @@ class Application:
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
-        self.broker = broker or create_broker(settings)
-        self.hub = Hub(self.broker, settings)
+        self.metrics = Metrics()
+        self.broker = broker or create_broker(settings, self.metrics)
+        self.hub = Hub(self.broker, settings, self.metrics)
         self.auth = Authenticator(settings)
         self.stream = StreamEndpoint(self.hub, self.auth, settings)
-        self.deliveries = DeliveryEndpoint(Ingest(self.broker, settings), settings)
+        self.deliveries = DeliveryEndpoint(Ingest(self.broker, settings, self.metrics), settings)
+        given = self.broker
+        pubsub = (lambda: given.pubsub_connected) if isinstance(given, _PubSub) else None
+        self.registry = build_registry(self.metrics, lambda: self.hub.count,
+                                       lambda: self.hub.users, pubsub)
+        self.metrics_server = MetricsServer(self.registry, settings.host, settings.metrics_port)
         self.api = self._build_api()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,10 +110,12 @@ class Application:
         install_filter("uvicorn", "uvicorn.access")
         await self.broker.start(self.hub)
         await self.hub.start()
+        self.metrics_server.start()
         logger.info("sse-service ready: backend=%s", self.settings.backend)
         try:
             yield
         finally:
+            await self.metrics_server.stop()
             await self.auth.close()
             await self.hub.stop()
             await self.broker.close()
@@ -121,7 +140,7 @@ class Application:
             return JSONResponse({"status": "ready", "streams": self.hub.count})
 
         if self.settings.demo_page:
-            api.include_router(demo_router(self.settings))
+            api.include_router(demo_router(self.settings, self.deliveries, self.auth))
         if STATIC_DIR.is_dir():
             api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         # Outermost, so no route reads a body before its size is checked; the

@@ -33,6 +33,7 @@ from redis.typing import EncodableT
 from .broker import Appended, Position, Record, Replay, Sink, new_epoch
 from .config import Settings
 from .errors import BackendUnavailable
+from .metrics import Metrics, Operation
 from .redis_keys import user_keys
 from .redis_pubsub import Subscriber, unsupported_version
 from .redis_scripts import APPEND, PROBE, REPLAY, REVOKE
@@ -62,7 +63,8 @@ _OUT_OF_MEMORY = (
 
 
 class RedisBroker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self._errors = (metrics or Metrics()).backend_errors
         url = settings.redis_url.get_secret_value()
         timeout = settings.redis_timeout_seconds
         self._where = settings.redis_url_for_logs
@@ -107,7 +109,7 @@ class RedisBroker:
             client_name="sse-service-pubsub",
             protocol=2,
         )
-        self._subscriber = Subscriber(pubsub_pool, self._db, timeout, self._where)
+        self._subscriber = Subscriber(pubsub_pool, self._db, timeout, self._where, self._errors)
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
         #: Loop time of the newest append refused for memory, until one succeeds.
@@ -144,7 +146,7 @@ class RedisBroker:
             for user_id in batch:
                 pipe.get(user_keys(user_id, self._db).revoked)
             try:
-                values = await self._call(pipe.execute())
+                values = await self._call(pipe.execute(), Operation.REVOKE)
             except BackendUnavailable as exc:
                 logger.warning("cannot read sign-outs after the pub/sub reconnect: %s",
                                exc.reason)
@@ -156,7 +158,8 @@ class RedisBroker:
     async def append(self, user_id: str, key: str, data: bytes) -> Appended:
         keys = user_keys(user_id, self._db)
         reply = await self._call(
-            self._append(keys=keys.keys, args=self._append_args(keys.channel, key, data))
+            self._append(keys=keys.keys, args=self._append_args(keys.channel, key, data)),
+            Operation.APPEND,
         )
         self._refused_at = None
         return _appended(user_id, data, reply)
@@ -177,13 +180,14 @@ class RedisBroker:
             args = self._append_args(keys.channel, key, data)
             await self._append(keys=keys.keys, args=args, client=pipe)
         try:
-            replies = await self._call(pipe.execute(raise_on_error=False))
+            replies = await self._call(pipe.execute(raise_on_error=False), Operation.APPEND)
         except BackendUnavailable as exc:
             return [exc] * len(items)
         results: list[Appended | BackendUnavailable] = []
         failed: BackendUnavailable | None = None
         for (user_id, _, data), reply in zip(items, replies, strict=True):
             if failed is None and isinstance(reply, Exception):
+                self._errors[Operation.APPEND] += 1
                 self._refused(reply)
                 failed = _unavailable(reply, "Redis refused an append")
             elif failed is None:
@@ -203,7 +207,8 @@ class RedisBroker:
             new_epoch(), after.epoch if after else "", after.offset if after else 0,
             self._ttl_ms, self._meta_ttl_ms,
         ]
-        reply = await self._call(self._replay(keys=[*keys.keys, keys.revoked], args=args))
+        reply = await self._call(self._replay(keys=[*keys.keys, keys.revoked], args=args),
+                                 Operation.REPLAY)
         epoch = _text(reply[0])
         head = Position(epoch, int(reply[1]))
         resync = _text(reply[2]) or None
@@ -220,25 +225,34 @@ class RedisBroker:
     async def revoke(self, user_id: str, not_before: float, ttl_seconds: float) -> None:
         keys = user_keys(user_id, self._db)
         args: list[EncodableT] = [repr(float(not_before)), int(ttl_seconds * 1000), keys.channel]
-        await self._call(self._revoke(keys=[keys.revoked], args=args))
+        await self._call(self._revoke(keys=[keys.revoked], args=args), Operation.REVOKE)
 
     async def subscribe(self, user_id: str) -> None:
-        await self._subscriber.subscribe(user_id)
+        try:
+            await self._subscriber.subscribe(user_id)
+        except BackendUnavailable:
+            self._errors[Operation.SUBSCRIBE] += 1
+            raise
 
     async def unsubscribe(self, user_id: str) -> None:
         await self._subscriber.unsubscribe(user_id)
+
+    @property
+    def pubsub_connected(self) -> bool:
+        """The pub/sub connection is up with every subscription confirmed."""
+        return self._subscriber.connected
 
     async def ping(self) -> None:
         """Ready when Redis would run an append now (it answers, is a writable
         primary, is below ``maxmemory``), refused none for memory lately, and the
         pub/sub connection is up."""
         try:
-            await self._call(self._probe())
+            await self._call(self._probe(), Operation.PING)
         except BackendUnavailable as exc:
             refusal = exc.__cause__
             if isinstance(refusal, ResponseError) and not isinstance(refusal, OutOfMemoryError):
                 # Before Redis 7 a script with flags does not even compile.
-                info = await self._call(self._redis.info("server"))
+                info = await self._call(self._redis.info("server"), Operation.PING)
                 reason = unsupported_version(str(info.get("redis_version", "")))
                 if reason is not None:
                     raise BackendUnavailable(reason) from exc
@@ -252,11 +266,12 @@ class RedisBroker:
                 self._subscriber.unsupported or "Redis pub/sub connection is down; reconnecting"
             )
 
-    async def _call(self, call: Awaitable[Any]) -> Any:
+    async def _call(self, call: Awaitable[Any], operation: Operation) -> Any:
         try:
             async with asyncio.timeout(self._deadline):
                 return await call
         except (RedisError, OSError, TimeoutError) as exc:
+            self._errors[operation] += 1
             self._refused(exc)
             raise _unavailable(exc, "Redis unavailable") from exc
 

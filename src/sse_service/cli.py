@@ -13,7 +13,6 @@ import json
 import math
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -23,12 +22,12 @@ from pydantic_settings import SettingsError
 
 from .auth import mint_token
 from .config import Settings, redact_url
+from .envelope import cloudevent, delivery_headers
 from .events import EVENT_TYPES, REVOKED
 from .logs import escape
 
-__all__ = ["cloudevent", "main"]
+__all__ = ["main"]
 
-NO_TRACE = "00-00000000000000000000000000000000-0000000000000000-00"
 PROG = "sse-service"
 #: Settings the command line can set, and the flag that sets each.
 FLAGS = {"host": "--host", "port": "--port"}
@@ -51,25 +50,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
-
-
-def cloudevent(settings: Settings, payload: dict[str, Any], event_id: str | None = None) -> bytes:
-    """The bytes daprd delivers for a JSON publish: compact, keys sorted."""
-    envelope = {
-        "data": payload,
-        "datacontenttype": "application/json",
-        "id": event_id or str(uuid.uuid4()),
-        "pubsubname": settings.pubsub_name,
-        "source": "sse-service-cli",
-        "specversion": "1.0",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "topic": settings.topic,
-        "traceid": NO_TRACE,
-        "traceparent": NO_TRACE,
-        "tracestate": "",
-        "type": "com.dapr.event.sent",
-    }
-    return json.dumps(envelope, separators=(",", ":"), sort_keys=True).encode()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -184,13 +164,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
 
 def _deliver(settings: Settings, args: argparse.Namespace, payload: dict[str, Any]) -> int:
     """POST ``payload`` to ``args.url`` as daprd delivers it; print the reply status."""
-    headers = {
-        "content-type": "application/cloudevents+json",
-        "traceparent": NO_TRACE,
-        "pubsubname": settings.pubsub_name,
-    }
-    if settings.app_api_token is not None:
-        headers["dapr-api-token"] = settings.app_api_token.get_secret_value()
+    headers = delivery_headers(settings)
     url = args.url.rstrip("/") + "/task-updates"
     try:
         reply = httpx.post(url, content=cloudevent(settings, payload, args.id), headers=headers)

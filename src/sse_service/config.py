@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "redact_url"]
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(8005, ge=0, le=65535)
+    #: SSE_METRICS_PORT: Prometheus metrics (/metrics) on a port of their own; 0 turns
+    #: them off.  Not 9090: daprd serves its own metrics there, in the same pod.
+    metrics_port: int = Field(9464, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
     #: SSE_LOG_FORMAT: "text" lines, or "json" (one object per line).
@@ -131,6 +134,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _not_the_listen_port(cls, value: int, info: ValidationInfo) -> int:
+        if value and value == info.data.get("port"):
+            raise ValueError(f"{value} is the listen port (SSE_PORT) too")
+        return value
 
     @property
     def redis_url_for_logs(self) -> str:

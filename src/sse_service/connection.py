@@ -88,7 +88,7 @@ class Connection:
         self.issued_at = issued_at
         self.epoch: str | None = None
         self.floor = 0
-        self.reason: str | None = None
+        self.reason: CloseReason | None = None
         self.active = True
         self.idle_since = now
         self.outlet: QueueOutlet | SocketOutlet = QueueOutlet(limit, byte_limit)

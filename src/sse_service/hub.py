@@ -28,6 +28,7 @@ from .config import Settings
 from .connection import Connection
 from .errors import AuthError, BackendUnavailable, CapacityError, CloseReason, UserLimitError
 from .logs import escape
+from .metrics import REPLAYED, Metrics, Refusal
 from .outlet import FLUSH_SECONDS, chunk
 
 __all__ = ["Hub"]
@@ -36,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 
 class Hub:
-    def __init__(self, broker: Broker, settings: Settings) -> None:
+    def __init__(self, broker: Broker, settings: Settings, metrics: Metrics | None = None) -> None:
         self._broker = broker
+        self.metrics = metrics or Metrics()
         self._keepalive = settings.keepalive_seconds
         self._queue_size = settings.queue_size
         self.queue_bytes = settings.queue_bytes
@@ -54,6 +56,11 @@ class Hub:
         self.count = 0
         self.sockets = 0
         self.draining = False
+
+    @property
+    def users(self) -> int:
+        """Users with at least one stream here."""
+        return len(self._users)
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -95,15 +102,23 @@ class Hub:
         A token issued before the user's sign-out (``issued_at`` ``None`` counts
         as before) is refused: the replay names the sign-out, and one announced
         while the replay was read has closed the stream already."""
+        metrics = self.metrics
         if self.draining:
+            metrics.refused[Refusal.DRAINING] += 1
             raise CapacityError("server is shutting down", retry_after=1)
         if self.count >= self._max_total:
+            metrics.refused[Refusal.CAPACITY] += 1
             raise CapacityError("too many connections on this server")
         conns = self._users.get(user_id)
         if conns is not None and len(conns) >= self._max_per_user:
+            metrics.refused[Refusal.USER_LIMIT] += 1
             raise UserLimitError(f"more than {self._max_per_user} streams for this user")
         # Last of the checks, so a stream refused for another reason spends no token.
-        self.admission.check()
+        try:
+            self.admission.check()
+        except CapacityError:
+            metrics.refused[Refusal.RATE_LIMITED] += 1
+            raise
         conn = Connection(
             user_id, deadline, self._queue_size, asyncio.get_running_loop().time(),
             byte_limit=self.queue_bytes, on_close=self._release, issued_at=issued_at,
@@ -122,8 +137,15 @@ class Hub:
                 before is not None and (issued_at is None or issued_at < before)):
             self.close(conn)
             raise AuthError("token revoked")
+        # Closed while it opened (a drain): its slot went uncounted then.
+        closed_early = conn.reason
         if not conn.start(replay, resync, mark=after is None or resync is not None):
             self._catch_up_later(user_id)
+        metrics.streams_opened += 1
+        if closed_early is not None:
+            metrics.closed[closed_early] += 1
+        if after is not None or resync is not None:
+            metrics.resumed(resync or replay.resync or REPLAYED)
         return conn
 
     def close(self, conn: Connection) -> None:
@@ -138,6 +160,9 @@ class Hub:
             return
         conns.discard(conn)
         self.count -= 1
+        # A stream refused while it opened was never counted as opened.
+        if not conn.opening and conn.reason is not None:
+            self.metrics.closed[conn.reason] += 1
         if not conns:
             del self._users[conn.user_id]
             self._subscriptions.pop(conn.user_id, None)
@@ -150,6 +175,11 @@ class Hub:
             return
         frame = sse.encode_message(str(record.position), record.data)
         framed = chunk(frame)
+        # Once per event, not per stream: the budget is per delivery.
+        reached = len(conns)
+        metrics = self.metrics
+        metrics.queued_frames += reached
+        metrics.queued_bytes += reached * len(frame)
         complete = True
         # A copy: a stream cut as a slow consumer leaves the set at once.
         for conn in tuple(conns):
@@ -225,6 +255,7 @@ class Hub:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
+                self.metrics.gap_repairs += 1
                 if not self._catching_up[user_id]:
                     return
         finally:

@@ -36,6 +36,7 @@ from .errors import BackendUnavailable, DaprStatus, EventError
 from .events import is_revocation, parse_revocation, parse_task_event
 from .logs import escape
 from .logs_json import trace_id
+from .metrics import Metrics
 
 __all__ = ["ROUTE", "Ingest", "Reply"]
 
@@ -64,35 +65,44 @@ class _Ready:
     name: str
     #: Set for a sign-out, which has no key nor data.
     not_before: float | None = None
+    #: The CloudEvent ``time`` (unix seconds), when it has a readable one.
+    published: float | None = None
 
 
 class Ingest:
-    def __init__(self, broker: Broker, settings: Settings) -> None:
+    def __init__(self, broker: Broker, settings: Settings, metrics: Metrics | None = None) -> None:
         self._broker = broker
+        self._metrics = metrics or Metrics()
         self._max_bytes = settings.max_event_bytes
         self._max_delivery = settings.max_delivery_bytes
         self._revocation_ttl = settings.revocation_ttl_seconds
 
     async def handle(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The reply to one POST; never raises."""
-        if len(body) > self._max_delivery:
-            return self.refuse(headers, f"delivery of {len(body)} bytes exceeds "
-                                        f"SSE_MAX_DELIVERY_BYTES={self._max_delivery}")
+        started = time.perf_counter()
         try:
-            document = decode_delivery(body)
-        except EventError as exc:
-            return self.refuse(headers, exc.reason)
-        if is_bulk(document):
-            assert isinstance(document, dict)
-            return Reply({"statuses": await self._bulk(document["entries"])})
-        (status,), (reason,) = await self._store([(document, headers)])
-        if reason is not None:
-            # For people (`sse-service publish` prints it); daprd reads only the status.
-            return Reply({"status": status.value, "reason": reason})
-        return Reply({"status": status.value})
+            if len(body) > self._max_delivery:
+                return self.refuse(headers, f"delivery of {len(body)} bytes exceeds "
+                                            f"SSE_MAX_DELIVERY_BYTES={self._max_delivery}")
+            try:
+                document = decode_delivery(body)
+            except EventError as exc:
+                return self.refuse(headers, exc.reason)
+            if is_bulk(document):
+                assert isinstance(document, dict)
+                return Reply({"statuses": await self._bulk(document["entries"])})
+            (status,), (reason,) = await self._store([(document, headers)])
+            self._metrics.entries[status] += 1
+            if reason is not None:
+                # For people (`sse-service publish` prints it); daprd reads only the status.
+                return Reply({"status": status.value, "reason": reason})
+            return Reply({"status": status.value})
+        finally:
+            self._metrics.ingest_seconds.observe(time.perf_counter() - started)
 
     def refuse(self, headers: Mapping[str, str], reason: str) -> Reply:
-        """The reply to a body that is no delivery at all, dropped whole."""
+        """The reply to a body that is no delivery at all, dropped whole (one entry)."""
+        self._metrics.entries[DaprStatus.DROP] += 1
         logger.warning("dropping a delivery: %s", escape(reason),
                        extra={"dapr_status": DaprStatus.DROP.value, "reason": escape(reason),
                               "trace_id": trace_id(headers.get("traceparent"))})
@@ -107,6 +117,9 @@ class Ingest:
     ) -> list[DaprStatus]:
         """Validate each delivery, append the valid ones in order (one batch), never raise."""
         statuses, _ = await self._store(deliveries)
+        entries = self._metrics.entries
+        for status in statuses:
+            entries[status] += 1
         return statuses
 
     async def _store(
@@ -141,6 +154,7 @@ class Ingest:
                          extra={"dapr_status": DaprStatus.RETRY.value})
             logger.debug("the unexpected error", exc_info=True)
             return statuses, reasons
+        now = time.time()
         for (index, item), result in zip(ready, results, strict=True):
             if isinstance(result, BackendUnavailable):
                 # Later items failed too (append_many keeps order): daprd retries them all.
@@ -156,10 +170,15 @@ class Ingest:
                             extra=_fields(item.name, DaprStatus.SUCCESS, item.user_id,
                                           *deliveries[index]))
             elif result.duplicate:
+                self._metrics.duplicates += 1
                 logger.info("CloudEvent %s already stored as %s; acknowledged again",
                             escape(item.name, _NAME_CHARS), result.record.position,
                             extra=_fields(item.name, DaprStatus.SUCCESS, item.user_id,
                                           *deliveries[index]))
+            elif item.published is not None:
+                # A publisher's clock ahead of ours would make it negative.
+                lag = now - item.published
+                self._metrics.publish_lag.observe(lag if lag > 0.0 else 0.0)
         return statuses, reasons
 
     async def _in_order(self, items: list[_Ready]) -> list[Appended | BackendUnavailable | None]:
@@ -226,7 +245,8 @@ class Ingest:
                          extra=_fields(name, DaprStatus.DROP, user, event, metadata,
                                        reason=type(exc).__name__))
             return f"unexpected {type(exc).__name__} while reading it"
-        return _Ready(task_event.user_id, key, data, name)
+        return _Ready(task_event.user_id, key, data, name,
+                      published=self._metrics.published_at(event))
 
     async def _bulk(self, entries: list[Any]) -> list[dict[str, str]]:
         ids: list[str] = []

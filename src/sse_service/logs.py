@@ -1,4 +1,4 @@
-"""Logging set-up: one line per record, as text or as JSON, and no token in any line.
+"""No token and no forged line in any log line: escaping, masking and the filter on every handler.
 
 Browsers that cannot send headers put the token in ``?token=``; uvicorn's
 access log prints the whole request line, so the value is masked first.
@@ -12,30 +12,23 @@ record's formatted message would still hold a line break (an exception or
 other object among the arguments) it replaces the message by its escaped text.
 Tracebacks (``exc_info``) are left as they are: they are multi-line by nature.
 
-With ``SSE_LOG_FORMAT=json`` each record is one JSON object instead
-(:mod:`.logs_json`), behind the same filter.
+Where lines go and how they look (text, or JSON with ``SSE_LOG_FORMAT=json``,
+:mod:`.logs_json`) is :mod:`.log_setup`; both formats sit behind this filter.
 """
 
 from __future__ import annotations
 
-import asyncio
-import http
 import logging
 import re
-import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_plus
 
 __all__ = [
-    "LoopFlushedHandler",
     "MAX_ARG_CHARS",
     "MAX_LOGGED_CHARS",
     "SafeRecords",
     "escape",
     "install_filter",
-    "lighten_records",
-    "log_config",
     "redact",
 ]
 
@@ -117,24 +110,20 @@ def _plain(value: object) -> bool:
     return value is None or isinstance(value, str | int | float)
 
 
-def lighten_records() -> None:
-    """Stop every log record from recording its call site, thread and process
-    (the optimisations of the logging HOWTO): no format here prints them, and
-    looking up the call site alone costs more than a quarter of an access line."""
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-
-
-def _clean_arg(value: object) -> object:
-    if not isinstance(value, str):
-        return value
-    # Most arguments are short, printable and hold no "name=value": nothing to do.
-    # (Every character _UNSAFE matches is one str.isprintable() refuses.)
-    if len(value) <= MAX_ARG_CHARS and value.isprintable() and "=" not in value:
-        return value
-    return _clean(value, MAX_ARG_CHARS)
+def _clean_args(args: Iterable[object]) -> tuple[list[object], bool]:
+    """The arguments made safe, and whether each renders on one line."""
+    cleaned: list[object] = []
+    plain = True
+    for value in args:
+        if isinstance(value, str):
+            # Most are short, printable and hold no "name=value": nothing to do.
+            # (Every character _UNSAFE matches is one str.isprintable() refuses.)
+            if len(value) > MAX_ARG_CHARS or not value.isprintable() or "=" in value:
+                value = _clean(value, MAX_ARG_CHARS)
+        elif not (value is None or isinstance(value, int | float)):
+            plain = False
+        cleaned.append(value)
+    return cleaned, plain
 
 
 #: Message templates a filter remembers as needing nothing done; they are few
@@ -155,11 +144,11 @@ class SafeRecords(logging.Filter):
         record.__dict__[_CLEANED] = True
         args = record.args
         if isinstance(args, tuple):
-            args = tuple(map(_clean_arg, args))
-            plain = all(map(_plain, args))
+            values, plain = _clean_args(args)
+            args = tuple(values)
         elif isinstance(args, Mapping):
-            args = {k: _clean_arg(v) for k, v in args.items()}
-            plain = all(map(_plain, args.values()))
+            values, plain = _clean_args(args.values())
+            args = dict(zip(args, values, strict=True))
         else:
             plain = True
         record.args = args
@@ -201,100 +190,3 @@ def install_filter(*names: str) -> None:
     for handler in handlers:
         if not any(isinstance(f, SafeRecords) for f in handler.filters):
             handler.addFilter(SafeRecords())
-
-
-class LoopFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that, inside a running event loop, flushes once at the
-    loop's next turn rather than after every record: under load one write
-    carries every line of a turn (an access line is a syscall otherwise), and
-    a line still leaves within the turn it was logged in.  Outside a loop (at
-    start-up, in other threads, at exit) it flushes at once, as logging's own."""
-
-    def __init__(self, stream: Any = None) -> None:
-        super().__init__(stream)
-        self._pending: asyncio.AbstractEventLoop | None = None
-
-    def flush(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            super().flush()
-            return
-        if self._pending is loop:
-            return
-        self._pending = loop
-        loop.call_soon(self._flush_now)
-
-    def _flush_now(self) -> None:
-        self.acquire()
-        try:
-            self._pending = None
-            super().flush()
-        finally:
-            self.release()
-
-
-_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in http.HTTPStatus}
-
-
-class TextLines(logging.Formatter):
-    """The text format: logging's own, with the time stamp rendered once a second,
-    and uvicorn's access-log fields (``client_addr``, ``request_line``,
-    ``status_code`` as ``"200 OK"``) made from an access record's arguments, as
-    uvicorn's ``AccessFormatter`` makes them but without copying the record
-    (each access record has this one handler)."""
-
-    def __init__(self, fmt: str) -> None:
-        super().__init__(fmt)
-        self._second = -1
-        self._stamp = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        second = int(record.created)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
-        return f"{self._stamp},{int(record.msecs):03d}"
-
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
-        args = record.args
-        if record.name == _ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5:
-            client_addr, method, full_path, http_version, status_code = args
-            code = status_code if isinstance(status_code, int) else int(str(status_code))
-            record.client_addr = client_addr
-            record.request_line = f"{method} {full_path} HTTP/{http_version}"
-            record.status_code = _STATUS_LINES.get(code) or f"{code} "
-        return super().formatMessage(record)
-
-
-def log_config(level: str, fmt: str = "text") -> dict[str, Any]:
-    """A ``logging.config.dictConfig`` for uvicorn and the service; ``fmt`` is
-    ``SSE_LOG_FORMAT``: ``text`` or ``json``."""
-    text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    access = '%(asctime)s INFO access: %(client_addr)s "%(request_line)s" %(status_code)s'
-    formatters: dict[str, Any] = {
-        "default": {"()": TextLines, "fmt": text},
-        "access": {"()": TextLines, "fmt": access},
-    }
-    if fmt == "json":
-        # By name: logs_json builds on this module.
-        json_lines = "sse_service.logs_json.JsonLines"
-        formatters = {"default": {"()": json_lines}, "access": {"()": json_lines}}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "filters": {"safe": {"()": SafeRecords}},
-        "formatters": formatters,
-        "handlers": {
-            "default": {"class": "sse_service.logs.LoopFlushedHandler", "formatter": "default",
-                        "filters": ["safe"], "stream": "ext://sys.stderr"},
-            "access": {"class": "sse_service.logs.LoopFlushedHandler", "formatter": "access",
-                       "filters": ["safe"], "stream": "ext://sys.stdout"},
-        },
-        "loggers": {
-            "": {"handlers": ["default"], "level": level.upper()},
-            "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
-            "uvicorn.error": {"level": level.upper()},
-            "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
-        },
-    }

@@ -75,8 +75,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         # Bytes received since the current head began, counted before parsing.
         self._head_bytes = 0
-        # Exact size of the parsed head (request line and headers).
-        self._head_size = 0
         self._in_head = True
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
@@ -116,21 +114,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._in_head = True
-        self._head_size = 0
         if self._head_timer is None:
             self._arm_head_timer()
-
-    def on_url(self, url: bytes) -> None:
-        if self._refused:
-            return
-        self._head_size += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._refused:
-            return
-        self._head_size += len(name) + len(value) + 4
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self._refused:
@@ -138,7 +123,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
-        if self._head_size > self.max_head_bytes:
+        # Counted once here rather than per header callback; a head over the
+        # budget that arrived in one read with others is caught by this count.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_head_bytes:
             self._refuse(_TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
             return
         if self.stream_endpoint is not None and self._take_over():

@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from .broker import Record
 from .errors import BackendUnavailable
 from .logs import escape
+from .metrics import Operation
 from .redis_keys import user_keys, user_of_channel
 
 __all__ = ["MINIMUM_VERSION", "Subscriber", "supports_sharded_pubsub", "unsupported_version"]
@@ -112,8 +113,11 @@ class Subscriber:
     """``pool`` makes the connections; its socket timeout is how long one may stay
     silent before it counts as dead, so it must span a few ``timeout`` periods."""
 
-    def __init__(self, pool: ConnectionPool, db: int, timeout: float, where: str) -> None:
+    def __init__(self, pool: ConnectionPool, db: int, timeout: float, where: str,
+                 errors: dict[Operation, int] | None = None) -> None:
         self._pool = pool
+        #: Failures by operation: a lost connection or a failed reconnect is one ``pubsub``.
+        self._errors = errors if errors is not None else dict.fromkeys(Operation, 0)
         self._db = db
         self._timeout = timeout
         self._where = where
@@ -332,6 +336,7 @@ class Subscriber:
         self._ever_ready = True
 
     def _lost(self, reason: str) -> None:
+        self._errors[Operation.PUBSUB] += 1
         if self._lost_since is None:
             self._lost_since = asyncio.get_running_loop().time()
             logger.warning(

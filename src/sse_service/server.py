@@ -23,7 +23,7 @@ import uvicorn
 
 from .app import Application
 from .config import Settings
-from .logs import lighten_records, log_config
+from .log_setup import lighten_records, log_config
 from .protocol import bounded_protocol
 
 __all__ = ["DrainingServer", "serve"]

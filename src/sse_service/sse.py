@@ -9,7 +9,7 @@ algorithm, used by the CLI, the benchmarks and the tests.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 __all__ = [
@@ -85,11 +85,14 @@ class Decoder:
     """Incremental parser: feed text chunks, get the events they complete.
 
     ``last_event_id`` persists across events as the spec requires; a block with
-    only an ``id:`` field updates it without producing an event.
+    only an ``id:`` field updates it without producing an event.  ``on_comment``,
+    when given, is called with each whole comment line (text after the colon,
+    one leading space removed), however the chunks split it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_comment: Callable[[str], None] | None = None) -> None:
         self.last_event_id = ""
+        self._on_comment = on_comment
         self.retry: int | None = None
         self._buffer = ""
         self._data: list[str] = []
@@ -117,6 +120,9 @@ class Decoder:
             yield from self._dispatch()
             return
         if line.startswith(":"):
+            # Ignored as the spec says; a client that watches keepalives sees them.
+            if self._on_comment is not None:
+                self._on_comment(line[1:].removeprefix(" "))
             return
         name, colon, value = line.partition(":")
         if colon and value.startswith(" "):

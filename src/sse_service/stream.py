@@ -27,16 +27,23 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from . import sse
-from .auth import Authenticator
+from .auth import Authenticator, credential
 from .broker import Position
 from .config import Settings
 from .connection import Connection
-from .errors import AuthError, CapacityError, CloseReason, ResyncReason, ServiceError
+from .errors import (
+    AuthError,
+    BackendUnavailable,
+    CapacityError,
+    CloseReason,
+    ResyncReason,
+    ServiceError,
+)
 from .hub import Hub
+from .metrics import Refusal
 from .outlet import QueueOutlet
 
 __all__ = [
-    "COOKIE_NAME",
     "STREAM_HEADERS",
     "TRANSPORT_EXTENSION",
     "Response",
@@ -44,7 +51,6 @@ __all__ = [
     "cors_headers",
 ]
 
-COOKIE_NAME = "sse_token"
 #: Where :mod:`.protocol` puts the transport in an ASGI scope (not a standard
 #: extension: ours, read only by this endpoint).
 TRANSPORT_EXTENSION = "sse_service.transport"
@@ -98,13 +104,17 @@ class StreamEndpoint:
             return _preflight(cors), cors
         if method != "GET":
             return _json(405, "use GET", [(b"allow", b"GET, OPTIONS")]), cors
-        query = parse_qs(query_string.decode("latin-1"))
+        query = parse_qs(query_string.decode("latin-1")) if query_string else {}
         try:
             return await self._open(headers, query), cors
         except ServiceError as exc:
             extra = list(cors)
+            # The hub counts the limits it refuses; these two come from anywhere.
             if isinstance(exc, AuthError):
+                self.hub.metrics.refused[Refusal.UNAUTHORIZED] += 1
                 extra.append((b"www-authenticate", b'Bearer error="invalid_token"'))
+            elif isinstance(exc, BackendUnavailable):
+                self.hub.metrics.refused[Refusal.BACKEND_UNAVAILABLE] += 1
             if isinstance(exc, CapacityError):
                 extra.append((b"retry-after", str(exc.retry_after).encode()))
             return _json(exc.status_code, exc.reason, extra), cors
@@ -119,9 +129,7 @@ class StreamEndpoint:
         return sse.encode_retry(retry) + b": connected\n"
 
     async def _open(self, headers: Mapping[str, str], query: dict[str, list[str]]) -> Connection:
-        token = _bearer(headers.get("authorization")) or _cookie(headers.get("cookie"))
-        if not token and self._allow_query_token:
-            token = query.get("token", [""])[0]
+        token = credential(headers, query, self._allow_query_token)
         identity = await self._auth.authenticate(token)
         last_id = headers.get("last-event-id") or query.get("lastEventId", [""])[0]
         after = Position.parse(last_id) if last_id else None
@@ -180,21 +188,6 @@ def _json(status: int, detail: str, extra: Headers) -> Response:
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(payload)).encode()), *extra]
     return Response(status, headers, payload)
-
-
-def _bearer(value: str | None) -> str | None:
-    if value is None:
-        return None
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
-
-
-def _cookie(value: str | None) -> str | None:
-    for part in (value or "").split(";"):
-        name, _, token = part.strip().partition("=")
-        if name == COOKIE_NAME:
-            return token.strip('"')
-    return None
 
 
 async def _watch_disconnect(receive: Receive, conn: Connection) -> None:

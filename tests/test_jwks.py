@@ -23,15 +23,11 @@ import httpx
 import jwt
 import pytest
 
-from conftest import Service, make_token, running_service
-from sse_service.auth import (
-    JWKS_FETCH_TIMEOUT_SECONDS,
-    JWKS_MAX_BYTES,
-    JWKS_REFETCH_SECONDS,
-    Authenticator,
-)
+from sse_service.auth import Authenticator
 from sse_service.config import Settings
 from sse_service.errors import AuthError
+from sse_service.jwks import JWKS_FETCH_TIMEOUT_SECONDS, JWKS_MAX_BYTES, JWKS_REFETCH_SECONDS
+from support import Service, aeventually, make_token, running_service
 from test_auth import SigningKey, b64url, claims, ec_key, rsa_key
 
 pytestmark = pytest.mark.timeout(60)
@@ -181,13 +177,6 @@ async def refusal(auth: Authenticator, token: str) -> str:
     return refused.value.reason
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
-
-
 def forged_kid(key: SigningKey) -> str:
     """A token signed by ``key`` that names a kid nobody published."""
     return signed(key, {"alg": key.alg, "typ": "JWT", "kid": "forged-" + uuid.uuid4().hex},
@@ -267,7 +256,8 @@ async def test_a_known_key_never_waits_for_a_slow_refresh(issuer, authenticator,
         return time.monotonic() - started
 
     assert max(await asyncio.gather(*(timed() for _ in range(4)))) < 1
-    await until(lambda: issuer.requests == 2)  # the refresh is in flight ...
+    await aeventually(lambda: issuer.requests == 2, 10, interval=0.01,
+                      message="the refresh never reached the issuer")  # it is in flight ...
     clock.advance(61)  # ... and outlives another TTL
     assert max(await asyncio.gather(*(timed() for _ in range(4)))) < 1
     assert issuer.requests == 2
@@ -335,7 +325,7 @@ MALFORMED: dict[str, Callable[[dict[str, Any]], bytes]] = {
 @pytest.mark.parametrize("shape", MALFORMED)
 async def test_a_malformed_key_set_keeps_the_keys_loaded_before(
         issuer, authenticator, known, stranger, caplog, shape):
-    caplog.set_level(logging.INFO, logger="sse_service.auth")
+    caplog.set_level(logging.INFO, logger="sse_service.jwks")
     clock = FakeClock()
     auth = authenticator(clock)
     await auth.authenticate(known.token(user()))
@@ -374,7 +364,7 @@ async def test_a_malformed_key_set_is_a_warning_and_a_401(
         for token in (forged_kid(stranger), kidless, forged_kid(known)):
             assert await status_of(client, svc, token) == REFUSED_UNKNOWN
         assert await status_of(client, svc, make_token(user())) == (200, None)
-    svc.wait_for_log("WARNING sse_service.auth: cannot use JWKS from ")
+    svc.wait_for_log("WARNING sse_service.jwks: cannot use JWKS from ")
     assert "Traceback" not in svc.logs()
 
 
@@ -385,12 +375,15 @@ async def test_a_known_key_still_works_after_a_malformed_refresh(
         assert await status_of(client, svc, known.token(user())) == (200, None)
         issuer.body = MALFORMED["json-array"](known.jwk())
         # Refetching is allowed again after the refetch interval: probe until it happens.
-        deadline = time.monotonic() + JWKS_REFETCH_SECONDS + 5
-        while issuer.requests < 2:
-            assert time.monotonic() < deadline, "the key set was never fetched again"
+        async def fetched_again() -> bool:
+            if issuer.requests >= 2:
+                return True
             assert await status_of(client, svc, forged_kid(stranger)) == REFUSED_UNKNOWN
-            await asyncio.sleep(0.2)
-        svc.wait_for_log("WARNING sse_service.auth: cannot use JWKS from ")
+            return False
+
+        await aeventually(fetched_again, JWKS_REFETCH_SECONDS + 5, interval=0.2,
+                          message="the key set was never fetched again")
+        svc.wait_for_log("WARNING sse_service.jwks: cannot use JWKS from ")
         assert await status_of(client, svc, forged_kid(stranger)) == REFUSED_UNKNOWN
         assert await status_of(client, svc, known.token(user())) == (200, None)
 
@@ -423,7 +416,7 @@ async def test_concurrent_connects_share_one_slow_fetch_bounded_by_its_timeout(
     assert [answer for answer, _ in results] == [REFUSED_UNKNOWN] * 4
     assert max(elapsed for _, elapsed in results) < JWKS_FETCH_TIMEOUT_SECONDS + SLACK
     assert issuer.requests == 1
-    svc.wait_for_log("WARNING sse_service.auth: cannot use JWKS from ")
+    svc.wait_for_log("WARNING sse_service.jwks: cannot use JWKS from ")
 
 
 # -- untrusted subjects and key ids ------------------------------------------------------------

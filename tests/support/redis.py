@@ -1,8 +1,10 @@
 """A real ``redis-server`` per test: start, stop, pause, kill, restart, clean up.
 
-Import the fixture into a test module (``from redis_support import redis_server``).
-Each server listens on its own free port, never on 6379, keeps nothing on
-disk, and comes back on the same port after :meth:`RedisServer.restart`.
+The ``redis_server`` fixture (tests/conftest.py) is the factory over
+:func:`redis_servers`; without a ``redis-server`` on PATH its tests skip
+(``make system-deps`` installs it), and fail under CI.  Each server listens
+on its own free port, never on 6379, keeps nothing on disk, and comes back on
+the same port after :meth:`RedisServer.restart`.
 Only when asked (:meth:`RedisServer.snapshot`, :meth:`RedisServer.restart_saved`)
 does a server write its dump, to a file of its own (``redis-<port>.rdb``),
 and :meth:`RedisServer.restart_from` brings it back from an older one.
@@ -16,17 +18,17 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
-from conftest import free_port
+from .service import free_port
+from .waiting import eventually
 
-__all__ = ["RedisServer", "redis_server"]
+__all__ = ["REDIS_SERVER", "RedisServer", "redis_servers"]
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -57,18 +59,20 @@ class RedisServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         self.paused = False
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"redis-server exited:\n{self.log_path.read_text()}")
             try:
-                if self.client(timeout=0.5).ping():
-                    return self
+                with self.client(timeout=0.5) as client:
+                    return bool(client.ping())
             except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start:\n{self.log_path.read_text()}")
-            time.sleep(0.02)
+                return False
+
+        eventually(answers, timeout,
+                   message=lambda: f"redis-server did not start:\n{self.log_path.read_text()}")
+        return self
 
     def client(self, timeout: float = 5) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
@@ -139,11 +143,8 @@ class RedisServer:
         return self.start()
 
     def wait_for(self, check: Callable[[], bool], what: str, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}:\n{self.log_path.read_text()}")
-            time.sleep(0.02)
+        eventually(check, timeout,
+                   message=lambda: f"timed out waiting for {what}:\n{self.log_path.read_text()}")
 
     def info(self, section: str) -> dict[str, Any]:
         with self.client() as client:
@@ -154,11 +155,9 @@ class RedisServer:
         os.kill(self.process.pid, sig)
 
 
-@pytest.fixture
-def redis_server() -> Iterator[Callable[..., RedisServer]]:
-    """``redis_server(*extra_args)`` starts one ``redis-server``; all stop afterwards."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not on PATH (apt install redis-server)")
+@contextmanager
+def redis_servers() -> Iterator[Callable[..., RedisServer]]:
+    """``start(*extra_args)`` starts one more ``redis-server``; all stop on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="sse-redis-"))
     servers: list[RedisServer] = []
 
@@ -167,7 +166,9 @@ def redis_server() -> Iterator[Callable[..., RedisServer]]:
         servers.append(server)
         return server.start()
 
-    yield start
-    for server in servers:
-        server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -328,7 +328,7 @@ def plain_uvicorn(tmp_path: Path) -> Iterator[Service]:
     """The app under plain ``uvicorn --factory``, with uvicorn's own log set-up."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
-    env.update({"SSE_JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1"})
+    env.update({"SSE_JWT_SECRET": SECRET, "SSE_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"})
     log = Path(tempfile.mkstemp(prefix="uvicorn-", suffix=".log", dir=tmp_path)[1])
     with log.open("wb") as out:
         process = subprocess.Popen(

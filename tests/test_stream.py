@@ -517,7 +517,7 @@ async def test_the_access_log_line_is_the_same_and_masks_tokens(service, open_st
 async def test_the_portable_endpoint_runs_under_plain_uvicorn(tmp_path, open_stream):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
-    env.update({"SSE_JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1"})
+    env.update({"SSE_JWT_SECRET": SECRET, "SSE_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"})
     log = tmp_path / "uvicorn.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -1,0 +1,122 @@
+"""Instructions the server spends per stream connect, counted by valgrind's callgrind.
+
+Wall-clock rates move with whatever else the machine runs; instruction counts
+do not (the same binary, inputs and environment give the same total), so this
+is the yardstick for changes on the connect path when the machine is shared.
+It starts ``sse-service serve`` (memory backend) under callgrind with
+instrumentation off, opens some warm-up streams, switches instrumentation on,
+opens ``--connects`` more, each with its own token (``--concurrency`` at a
+time, each read up to its ``event: ready``), and prints the server's user-space
+instructions per connect.  Kernel work (accept, reads, writes) is not counted.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/instructions.py --connects 300
+    PYTHONPATH=/tmp/old/src .venv/bin/python benchmarks/instructions.py SSE_ACCESS_LOG=false
+
+Needs ``valgrind`` (Debian package) and takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jwt
+
+SECRET = "benchmark-secret-0123456789abcdef0123456789abcdef"
+WARMUP = 20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _open(port: int, token: str) -> asyncio.StreamWriter:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer "
+                 f"{token}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    seen = b""
+    while b"event: ready" not in seen:
+        data = await asyncio.wait_for(reader.read(4096), 30)
+        if not data:
+            raise RuntimeError(f"stream ended before its ready event: {seen!r}")
+        seen += data
+    return writer
+
+
+async def _drive(pid: int, port: int, tokens: list[str], concurrency: int) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    keep = [await _open(port, token) for token in tokens[:WARMUP]]
+    subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(token: str) -> asyncio.StreamWriter:
+        async with gate:
+            return await _open(port, token)
+
+    keep += await asyncio.gather(*(one(token) for token in tokens[WARMUP:]))
+    subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    for writer in keep:
+        writer.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connects", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("settings", nargs="*", help="extra NAME=value settings for the server")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    port = _free_port()
+    out = Path(tempfile.mkdtemp(prefix="sse-instructions-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
+    env.update(SSE_JWT_SECRET=SECRET, SSE_MAX_CONNECTIONS="20000", SSE_METRICS_PORT="0",
+               SSE_MAX_CONNECT_RATE="1000000", SSE_LOG_LEVEL="info",
+               **dict(setting.split("=", 1) for setting in args.settings))
+    now = int(time.time())
+    tokens = [jwt.encode({"sub": f"user-{i}", "iat": now, "exp": now + 3600}, SECRET, "HS256")
+              for i in range(WARMUP + args.connects)]
+    with (out / "server.log").open("w") as log:
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={out}/callgrind.out", sys.executable, "-m", "sse_service",
+             "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            asyncio.run(_drive(server.pid, port, tokens, args.concurrency))
+        finally:
+            server.terminate()
+            server.wait(120)
+    total = 0
+    for dump in out.glob("callgrind.out*"):
+        for line in dump.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                total = max(total, int(line.split()[1]))
+    print(f"{total / args.connects:,.0f} server instructions per stream connect "
+          f"({args.connects} connects, {args.concurrency} at a time; files in {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

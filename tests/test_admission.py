@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sse_service.admission import LOG_INTERVAL, REFUSAL, Admission, TokenBucket
 from sse_service.broker_memory import MemoryBroker
 from sse_service.config import Settings
-from sse_service.errors import CapacityError, UserLimitError, http_status
+from sse_service.errors import CapacityError, UserLimitError
 from sse_service.hub import Hub
 from support import aeventually
 
@@ -100,7 +100,8 @@ def test_a_refusal_is_a_503_with_a_jittered_retry_after():
     for _ in range(40):
         with pytest.raises(CapacityError) as refused:
             admission.check()
-        assert http_status(refused.value) == 503 and refused.value.reason == REFUSAL
+        assert refused.value.status_code == 503 and refused.value.reason == REFUSAL
+        assert refused.value.headers == [(b"retry-after", str(refused.value.retry_after).encode())]
         waits.append(refused.value.retry_after)
     assert all(isinstance(w, int) and 1 <= w <= 5 for w in waits)
     assert len(set(waits)) > 1, waits

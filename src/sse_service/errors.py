@@ -1,17 +1,24 @@
-"""One error hierarchy, mapped to HTTP and to Dapr statuses in one place.
+"""One error hierarchy, with what each error answers over HTTP and to Dapr.
 
 ::
 
     ServiceError
-    ├── AuthError              401  bad, missing or expired token
+    ├── AuthError              401  bad, missing or expired token (WWW-Authenticate)
     ├── LimitError
     │   ├── UserLimitError     429  too many streams for one user
     │   └── CapacityError      503  process full or draining (with Retry-After)
     ├── EventError             Dapr DROP: the event can never succeed
     └── BackendUnavailable     Dapr RETRY, /readyz 503: transient broker failure
 
-Dapr reads a reply ``{"status": "SUCCESS" | "RETRY" | "DROP"}``; an unknown
-exception is RETRY, never a silent SUCCESS.
+An error carries its HTTP answer (``status_code``, ``headers`` and the
+``reason`` a client may see), as Starlette's ``HTTPException`` does, so an
+endpoint answers any of them in one call.  Dapr reads a reply
+``{"status": "SUCCESS" | "RETRY" | "DROP"}``: :mod:`.ingest` answers DROP for an
+``EventError`` only, and RETRY for anything else that goes wrong, never a
+silent SUCCESS.
+
+Close and resync reasons are the catalogues :class:`CloseReason` and
+:class:`ResyncReason`; nothing spells them as bare strings.
 """
 
 from __future__ import annotations
@@ -29,8 +36,6 @@ __all__ = [
     "ResyncReason",
     "ServiceError",
     "UserLimitError",
-    "dapr_status",
-    "http_status",
 ]
 
 
@@ -71,9 +76,18 @@ class ServiceError(Exception):
         super().__init__(reason)
         self.reason = reason
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers the HTTP answer to this error carries besides its JSON body."""
+        return []
+
 
 class AuthError(ServiceError):
     status_code = 401
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"www-authenticate", b'Bearer error="invalid_token"')]
 
 
 class LimitError(ServiceError):
@@ -91,6 +105,10 @@ class CapacityError(LimitError):
         super().__init__(reason)
         self.retry_after = retry_after
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(self.retry_after).encode())]
+
 
 class EventError(ServiceError):
     """A delivered event that no retry can fix (malformed, too large, unknown shape)."""
@@ -102,15 +120,3 @@ class BackendUnavailable(ServiceError):
     """The history backend cannot be reached; the caller should retry later."""
 
     status_code = 503
-
-
-def http_status(exc: BaseException) -> int:
-    return exc.status_code if isinstance(exc, ServiceError) else 500
-
-
-def dapr_status(exc: BaseException | None) -> DaprStatus:
-    if exc is None:
-        return DaprStatus.SUCCESS
-    if isinstance(exc, EventError):
-        return DaprStatus.DROP
-    return DaprStatus.RETRY

@@ -34,7 +34,6 @@ from .connection import Connection
 from .errors import (
     AuthError,
     BackendUnavailable,
-    CapacityError,
     CloseReason,
     ResyncReason,
     ServiceError,
@@ -108,16 +107,12 @@ class StreamEndpoint:
         try:
             return await self._open(headers, query), cors
         except ServiceError as exc:
-            extra = list(cors)
             # The hub counts the limits it refuses; these two come from anywhere.
             if isinstance(exc, AuthError):
                 self.hub.metrics.refused[Refusal.UNAUTHORIZED] += 1
-                extra.append((b"www-authenticate", b'Bearer error="invalid_token"'))
             elif isinstance(exc, BackendUnavailable):
                 self.hub.metrics.refused[Refusal.BACKEND_UNAVAILABLE] += 1
-            if isinstance(exc, CapacityError):
-                extra.append((b"retry-after", str(exc.retry_after).encode()))
-            return _json(exc.status_code, exc.reason, extra), cors
+            return _json(exc.status_code, exc.reason, cors + exc.headers), cors
 
     def preamble(self) -> bytes:
         # Jitter spreads the reconnects of a whole deploy over a few seconds.

@@ -18,8 +18,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 import httpx
 import jwt
@@ -41,8 +40,7 @@ _MAX_ID_CHARS = 256
 # decoded JSON string is a lone one, which UTF-8 cannot encode.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
     user_id: str
     expires_at: float
     #: The token's ``iat`` (whole seconds); ``None`` when it has none.

@@ -40,7 +40,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .config import Settings
 from .ingest import ROUTE
 from .socket_delivery import DeliveryQueue, SocketDelivery
-from .socket_stream import SocketStream
+from .socket_stream import SocketStream, StreamHeads
 from .stream import TRANSPORT_EXTENSION, WANTED
 
 if TYPE_CHECKING:
@@ -70,6 +70,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     stream_endpoint: ClassVar[StreamEndpoint | None] = None
     #: Set to serve ``POST /task-updates`` on the socket; None leaves it to the app.
     delivery_endpoint: ClassVar[DeliveryEndpoint | None] = None
+    #: The stream response heads of this server's connections.
+    stream_heads: ClassVar[StreamHeads] = StreamHeads()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -243,6 +245,7 @@ def bounded_protocol(
             "head_timeout": settings.header_timeout_seconds,
             "stream_endpoint": stream_endpoint,
             "delivery_endpoint": delivery_endpoint,
+            "stream_heads": StreamHeads(),
         },
     )
 

@@ -30,7 +30,7 @@ from .stream import STREAM_HEADERS, Response, StreamEndpoint
 if TYPE_CHECKING:
     from .protocol import BoundedHttpProtocol
 
-__all__ = ["SocketStream"]
+__all__ = ["SocketStream", "StreamHeads"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,35 @@ class _Discard:
 
 
 _DISCARD = _Discard()
+
+
+class StreamHeads:
+    """The head of a stream's response, built once per second, not once per stream:
+    it changes only with uvicorn's default headers (a new list each second, for
+    the ``date`` header), the CORS headers and the HTTP version."""
+
+    __slots__ = ("_defaults", "_heads")
+
+    def __init__(self) -> None:
+        self._defaults: object = None
+        self._heads: dict[tuple[bool, tuple[tuple[bytes, bytes], ...]], bytes] = {}
+
+    def head(self, defaults: list[tuple[bytes, bytes]], cors: list[tuple[bytes, bytes]],
+             chunked: bool) -> bytes:
+        if defaults is not self._defaults:
+            self._defaults = defaults
+            self._heads.clear()
+        key = (chunked, tuple(cors))
+        head = self._heads.get(key)
+        if head is None:
+            lines = [b"HTTP/1.1 200 OK\r\n"]
+            for name, value in (*defaults, *STREAM_HEADERS, *cors):
+                lines += [name, b": ", value, b"\r\n"]
+            # HTTP/1.0 has no chunks: the end of the stream is the end of the connection.
+            lines.append(b"transfer-encoding: chunked\r\n" if chunked
+                         else b"connection: close\r\n")
+            head = self._heads[key] = b"".join(lines) + b"\r\n"
+        return head
 
 
 class SocketStream:
@@ -103,16 +132,11 @@ class SocketStream:
             self._endpoint.hub.close(conn)
             return
         chunked = self._http_version == "1.1"
-        head = [b"HTTP/1.1 200 OK\r\n"]
-        for name, value in (*protocol.server_state.default_headers, *STREAM_HEADERS, *cors):
-            head += [name, b": ", value, b"\r\n"]
-        # HTTP/1.0 has no chunks: the end of the stream is the end of the connection.
-        head.append(b"transfer-encoding: chunked\r\n" if chunked else b"connection: close\r\n")
-        head.append(b"\r\n")
         self.conn = conn
         outlet = SocketOutlet(protocol.transport, chunked, self._endpoint.hub.queue_bytes,
                               self._ended)
-        conn.serve_on(outlet, b"".join(head), self._endpoint.preamble())
+        head = protocol.stream_heads.head(protocol.server_state.default_headers, cors, chunked)
+        conn.serve_on(outlet, head, self._endpoint.preamble())
 
     def lost(self) -> None:
         """The connection is gone (the protocol's ``connection_lost``)."""

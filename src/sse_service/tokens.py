@@ -29,9 +29,7 @@ import hashlib
 import hmac
 import math
 import re
-from base64 import urlsafe_b64decode
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 
@@ -42,19 +40,20 @@ __all__ = ["HEADER_CACHE_SIZE", "Claims", "HeaderCache", "Parsed", "check_claims
            "keyed_hmac", "parse", "verify_hmac", "verify_signature"]
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 _HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
+# Named tuples rather than frozen dataclasses: made once per connect, and a
+# frozen dataclass sets each field through object.__setattr__.
+class Parsed(NamedTuple):
     header: dict[str, Any]
     payload: bytes
     signing_input: bytes
     signature: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Claims:
+class Claims(NamedTuple):
     """What a verified token says: ``sub`` (still to be checked by the caller),
     ``exp`` as given, and ``iat`` in whole seconds (``None`` without one)."""
 
@@ -66,9 +65,12 @@ class Claims:
 def _segment(text: str) -> bytes:
     if _SEGMENT.fullmatch(text) is None or len(text) % 4 == 1:
         raise AuthError("malformed token")
+    # base64.urlsafe_b64decode, without its argument coercion: the pattern
+    # has already checked every character is of the URL-safe alphabet.
+    data = text.encode("ascii").translate(_URLSAFE) + b"=" * (-len(text) % 4)
     try:
-        return urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+        return binascii.a2b_base64(data)
+    except binascii.Error:
         raise AuthError("malformed token") from None
 
 

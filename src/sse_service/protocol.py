@@ -24,8 +24,8 @@ stream request pipelined behind another one, goes to uvicorn's request cycle
 and the application as usual.
 
 Everything else is uvicorn's, unchanged.  It relies on ``HttpToolsProtocol``'s
-parser callbacks, so the uvicorn versions it runs on are pinned in
-``pyproject.toml`` and exercised by ``tests/test_protocol.py``.
+parser callbacks: the uvicorn versions it runs on are pinned in ``pyproject.toml``
+and exercised by ``tests/test_protocol.py``.
 """
 
 from __future__ import annotations
@@ -125,8 +125,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
-        # Counted once here rather than per header callback; a head over the
-        # budget that arrived in one read with others is caught by this count.
+        # Counted here, not per callback: catches a long head that came in one read with others.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_head_bytes:
             self._refuse(_TOO_LARGE, "request head over %d bytes", self.max_head_bytes)

@@ -21,8 +21,8 @@ from sse_service.broker_memory import MemoryBroker
 from sse_service.broker_redis import RedisBroker
 from sse_service.config import Settings
 from sse_service.errors import BackendUnavailable
+from sse_service.redis_connect import unsupported
 from sse_service.redis_keys import user_keys, user_of_channel
-from sse_service.redis_pubsub import supports_sharded_pubsub
 from support import aeventually
 from support.redis import RedisServer
 
@@ -487,9 +487,9 @@ def test_every_name_of_a_user_shares_one_hash_tag(user: str) -> None:
 
 
 def test_sharded_pubsub_from_redis_7_on() -> None:
-    assert supports_sharded_pubsub(b"# Server\r\nredis_version:7.0.15\r\nredis_mode:x\r\n")
-    assert not supports_sharded_pubsub(b"# Server\r\nredis_version:6.2.14\r\n")
-    assert not supports_sharded_pubsub(b"")
+    assert unsupported(b"# Server\r\nredis_version:7.0.15\r\nredis_mode:x\r\n") is None
+    assert unsupported(b"# Server\r\nredis_version:6.2.14\r\n") is not None
+    assert unsupported(b"") is not None
 
 
 def test_channel_names_carry_the_database() -> None:

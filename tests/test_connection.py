@@ -22,8 +22,9 @@ def frame(r: Record) -> bytes:
 
 
 def opened(limit: int = 100, head: int = 0, records: list[Record] | None = None) -> Connection:
-    conn = Connection("u", None, limit, 0.0)
-    conn.start(Replay(Position("e1", head), records or []), None, mark=False)
+    """A stream resumed from e1-0, opened on a history at ``head``."""
+    conn = Connection("u", None, limit, 0.0, after=Position("e1", 0))
+    conn.start(Replay(Position("e1", head), records or []))
     return conn
 
 
@@ -33,11 +34,11 @@ def decoded(conn: Connection) -> list[tuple[str, str, str]]:
 
 
 def test_live_records_during_replay_are_queued_after_it_without_duplicates():
-    conn = Connection("u", None, 100, 0.0)
+    conn = Connection("u", None, 100, 0.0, after=Position("e1", 1))
     # Records 3 and 4 arrive live while the history (after 1) is being read.
     for r in (record(3), record(4)):
         assert conn.offer(r, frame(r))
-    assert conn.start(Replay(Position("e1", 3), [record(2), record(3)]), None, mark=False)
+    assert conn.start(Replay(Position("e1", 3), [record(2), record(3)]))
     assert [e[1] for e in decoded(conn)] == ["e1-2", "e1-3", "e1-4"]
 
 
@@ -80,7 +81,7 @@ def test_replayed_history_does_not_count_against_the_limit():
 
 def test_mark_is_a_ready_event_carrying_the_position():
     conn = Connection("u", None, 10, 0.0)
-    conn.start(Replay(Position("e1", 7)), None, mark=True)
+    conn.start(Replay(Position("e1", 7)))
     decoder = Decoder()
     (ready,) = decoder.feed((conn.outlet.take() or b"").decode())
     assert (ready.event, ready.id, ready.data) == ("ready", "e1-7", '{"type":"ready"}')

@@ -471,8 +471,8 @@ def test_trace_id_reads_only_a_valid_w3c_traceparent(traceparent, trace):
 
 
 def test_the_slow_consumer_warning_names_its_stream(caplog):
-    conn = Connection(f"u\r\n{FORGED}", None, 1, 0.0)
-    conn.start(Replay(Position("e1", 0), []), None, mark=False)
+    conn = Connection(f"u\r\n{FORGED}", None, 1, 0.0, after=Position("e1", 0))
+    conn.start(Replay(Position("e1", 0), []))
     with caplog.at_level(logging.WARNING, logger="sse_service.connection"):
         for offset in (1, 2):
             record = Record(conn.user_id, "e1", offset, b"{}")

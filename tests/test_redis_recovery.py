@@ -26,8 +26,8 @@ from sse_service.broker_redis import RedisBroker
 from sse_service.config import Settings
 from sse_service.connection import Connection
 from sse_service.errors import BackendUnavailable, ResyncReason
+from sse_service.redis_connect import unsupported
 from sse_service.redis_keys import user_keys
-from sse_service.redis_pubsub import unsupported_version
 from sse_service.sse import Decoder, ServerSentEvent
 from support import DAPR_HEADERS, Service, Stream, aeventually, cloudevent, task_event
 from support.redis import RedisServer
@@ -416,8 +416,8 @@ def frames(conn: Connection) -> list[tuple[str, str]]:
 
 def live_in_new_epoch(*offsets: int) -> Connection:
     """A stream at old-5 that live records then moved into epoch "new"."""
-    conn = Connection("u", None, 100, 0.0)
-    conn.start(Replay(Position("old", 5)), None, mark=False)
+    conn = Connection("u", None, 100, 0.0, after=Position("old", 5))
+    conn.start(Replay(Position("old", 5)))
     for offset in offsets:
         assert conn.offer(record(offset, "new"), frame(record(offset, "new")))
     return conn
@@ -512,10 +512,11 @@ async def test_full_redis_answers_retry_and_not_ready_and_stops_growing(
 
 # -- Redis 7 or later ----------------------------------------------------------------------
 def test_servers_before_redis_7_are_refused_with_a_reason() -> None:
-    assert unsupported_version("7.0.15") is None and unsupported_version("8.2.1") is None
-    reason = unsupported_version("6.2.14")
+    assert unsupported({"redis_version": "7.0.15"}) is None
+    assert unsupported({"redis_version": "8.2.1"}) is None
+    reason = unsupported({"redis_version": "6.2.14"})
     assert reason == "Redis 6.2.14 is not supported: 7.0 or later is required"
-    assert unsupported_version("") is not None
+    assert unsupported({"redis_version": ""}) is not None
 
 
 async def test_ping_names_a_replica_that_cannot_take_appends(

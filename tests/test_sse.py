@@ -15,8 +15,8 @@ import pytest
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from sse_service.broker import Position
-from sse_service.connection import KEEPALIVE, closing_frame, ready_frame, resync_frame
 from sse_service.errors import CloseReason, ResyncReason
+from sse_service.frames import KEEPALIVE, closing_frame, ready_frame, resync_frame
 from sse_service.sse import (
     Decoder,
     ServerSentEvent,

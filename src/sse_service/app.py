@@ -35,7 +35,8 @@ from .errors import BackendUnavailable
 from .hub import Hub
 from .ingest import ROUTE, Ingest
 from .logs import install_filter
-from .metrics import Metrics, MetricsServer, build_registry
+from .metrics import Metrics
+from .metrics_export import MetricsServer, build_registry
 from .stream import StreamEndpoint
 
 __all__ = ["Application", "create_app", "create_broker"]

@@ -1,8 +1,9 @@
-"""In-process broker: history in dictionaries, fan-out by direct call.
+"""In-process broker: the users' histories in a dictionary, fan-out by direct call.
 
-Serves one process.  Every epoch it hands out starts with a prefix drawn at
-start-up, so after a restart every old id is answered with ``resync``, never
-with a silent partial replay.
+Serves one process.  What one history holds and answers is
+:mod:`.memory_history`; this module decides which users are held.  Every
+epoch it hands out starts with a prefix drawn at start-up, so after a restart
+every old id is answered with ``resync``, never with a silent partial replay.
 
 Memory is bounded by the users active within the TTL.  A user's history
 holds at most ``history_size`` records, none kept past the TTL, and a user
@@ -16,24 +17,22 @@ someone, the epoch given to new histories moves on (prefix plus a
 generation count): a forgotten user's next history never reuses an id, and
 an id from the forgotten one is answered with ``resync`` (``unknown_epoch``).
 
-Revocations are kept apart from histories (forgetting a history must not
-forget a sign-out), in a dict bounded by the users revoked within their TTL
-and swept from a heap of their expiries by the same task.
+Sign-outs are kept apart from histories (:mod:`.memory_revocations`), swept
+by the same task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from .broker import Appended, Position, Record, Replay, Sink, new_epoch
-from .errors import BackendUnavailable, ResyncReason
+from .broker import Appended, Position, Replay, Sink, new_epoch
+from .errors import BackendUnavailable
+from .memory_history import History
+from .memory_revocations import MemoryRevocations
 
 __all__ = ["MemoryBroker"]
 
@@ -45,20 +44,6 @@ _GRACE_SECONDS = 10.0
 #: Users forgotten between two yields to the event loop: a wave of expiries
 #: must not stall the streams.
 _SWEEP_BATCH = 256
-
-
-@dataclass(slots=True)
-class _History:
-    epoch: str
-    #: Forgettable ``_GRACE_SECONDS`` after this, unless subscribed.
-    expires: float
-    head: int = 0
-    #: Whether the sweep heap holds an entry for this user.
-    queued: bool = True
-    # Allocated with the first record, dropped with the last: an empty deque
-    # alone costs more than the rest of the history.
-    records: deque[tuple[Record, float, str]] | None = None
-    keys: dict[str, Record] | None = None
 
 
 class MemoryBroker:
@@ -78,7 +63,7 @@ class MemoryBroker:
         self._ttl = history_ttl_seconds
         self._clock = clock
         self._sweep_interval = sweep_interval_seconds
-        self._users: dict[str, _History] = {}
+        self._users: dict[str, History] = {}
         #: Most users held since ``_users`` was last rebuilt.
         self._peak = 0
         self._due: list[tuple[float, str]] = []
@@ -86,9 +71,7 @@ class MemoryBroker:
         self._sink: Sink | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._sweeps = 0
-        #: user -> (not_before, expires on ``clock``), and the expiries as a heap.
-        self._revoked: dict[str, tuple[float, float]] = {}
-        self._revoked_due: list[tuple[float, str]] = []
+        self._revoked = MemoryRevocations(clock, _SWEEP_BATCH)
 
     @property
     def users(self) -> int:
@@ -117,24 +100,13 @@ class MemoryBroker:
     async def append(self, user_id: str, key: str, data: bytes) -> Appended:
         now = self._clock()
         history = self._history(user_id, now)
-        records, keys = history.records, history.keys
-        if records is None or keys is None:
-            records = history.records = deque()
-            keys = history.keys = {}
-        existing = keys.get(key)
-        if existing is not None:
-            return Appended(existing, duplicate=True)
-        history.head += 1
-        record = Record(user_id, history.epoch, history.head, data)
-        records.append((record, now, key))
-        keys[key] = record
-        if len(records) > self._size:
-            _, _, old_key = records.popleft()
-            keys.pop(old_key, None)
+        appended = history.add(user_id, key, data, now, self._size)
+        if appended.duplicate:
+            return appended
         self._keep(user_id, history, now + self._ttl)
         if self._sink is not None and user_id in self._subscribed:
-            self._sink.deliver(record)
-        return Appended(record)
+            self._sink.deliver(appended.record)
+        return appended
 
     async def append_many(
         self, items: Sequence[tuple[str, str, bytes]]
@@ -150,35 +122,13 @@ class MemoryBroker:
 
     async def replay(self, user_id: str, after: Position | None) -> Replay:
         now = self._clock()
-        revoked = self._revoked.get(user_id)
-        before = revoked[0] if revoked is not None and revoked[1] > now else None
+        before = self._revoked.before(user_id, now)
         # Even a read creates the history: the head it returns must stay
         # valid for the reader's next visit.
-        history = self._history(user_id, now)
-        head = Position(history.epoch, history.head)
-        if after is None:
-            return Replay(head, revoked_before=before)
-        if after.epoch != history.epoch:
-            return Replay(head, resync=ResyncReason.UNKNOWN_EPOCH, revoked_before=before)
-        if after.offset > history.head:
-            return Replay(head, resync=ResyncReason.UNKNOWN_POSITION, revoked_before=before)
-        records = history.records or ()
-        first = records[0][0].offset if records else history.head + 1
-        if after.offset < first - 1:
-            return Replay(head, resync=ResyncReason.EXPIRED, revoked_before=before)
-        skip = after.offset - first + 1
-        return Replay(head, [entry[0] for entry in itertools.islice(records, skip, None)],
-                      revoked_before=before)
+        return self._history(user_id, now).replay(after, before)
 
     async def revoke(self, user_id: str, not_before: float, ttl_seconds: float) -> None:
-        now = self._clock()
-        expires = now + ttl_seconds
-        current = self._revoked.get(user_id)
-        if current is not None and current[1] > now:
-            not_before = max(not_before, current[0])
-            expires = max(expires, current[1])
-        self._revoked[user_id] = (not_before, expires)
-        heapq.heappush(self._revoked_due, (expires, user_id))
+        not_before = self._revoked.revoke(user_id, not_before, ttl_seconds)
         if self._sink is not None and user_id in self._subscribed:
             self._sink.revoked(user_id, not_before)
 
@@ -199,18 +149,18 @@ class MemoryBroker:
     def _epoch_of(self, generation: int) -> str:
         return f"{self._base_epoch}g{generation:x}"
 
-    def _history(self, user_id: str, now: float) -> _History:
+    def _history(self, user_id: str, now: float) -> History:
         history = self._users.get(user_id)
         if history is None:
-            history = self._users[user_id] = _History(self.epoch, now)
+            history = self._users[user_id] = History(self.epoch, now)
             heapq.heappush(self._due, (now, user_id))
             self._peak = max(self._peak, len(self._users))
         else:
-            self._trim(history, now)
+            history.trim(now - self._ttl)
             self._keep(user_id, history, now)
         return history
 
-    def _keep(self, user_id: str, history: _History, until: float) -> None:
+    def _keep(self, user_id: str, history: History, until: float) -> None:
         """Keep the history at least until ``until`` (plus the grace)."""
         if until > history.expires:
             history.expires = until
@@ -218,40 +168,15 @@ class MemoryBroker:
             history.queued = True
             heapq.heappush(self._due, (history.expires, user_id))
 
-    def _trim(self, history: _History, now: float) -> None:
-        records, keys = history.records, history.keys
-        if records is None or keys is None:
-            return
-        cutoff = now - self._ttl
-        while records and records[0][1] < cutoff:
-            _, _, old_key = records.popleft()
-            keys.pop(old_key, None)
-        if not records:
-            history.records = history.keys = None
-
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self._sweep_interval)
             try:
-                while self._sweep_batch() | self._sweep_revocations():
+                while self._sweep_batch() | self._revoked.sweep():
                     await asyncio.sleep(0)
             except Exception:
                 logger.exception("history sweep failed; trying again next tick")
             self._sweeps += 1
-
-    def _sweep_revocations(self) -> bool:
-        """Forget up to ``_SWEEP_BATCH`` lapsed revocations; ``True`` when more are due."""
-        now = self._clock()
-        due = self._revoked_due
-        for _ in range(_SWEEP_BATCH):
-            if not due or due[0][0] > now:
-                return False
-            expires, user_id = heapq.heappop(due)
-            current = self._revoked.get(user_id)
-            # A later revocation of the user pushed its own entry.
-            if current is not None and current[1] <= expires:
-                del self._revoked[user_id]
-        return bool(due) and due[0][0] <= now
 
     def _sweep_batch(self) -> bool:
         """Forget up to ``_SWEEP_BATCH`` due users; ``True`` when more are due."""
@@ -271,7 +196,7 @@ class MemoryBroker:
             elif user_id in self._subscribed:
                 # Its readers keep epoch and head; the records can go.
                 # Unsubscribing queues it again.
-                self._trim(history, now)
+                history.trim(now - self._ttl)
                 history.queued = False
             else:
                 del self._users[user_id]

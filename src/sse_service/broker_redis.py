@@ -3,8 +3,9 @@
 History and dedupe live in per-user keys (:mod:`.redis_keys`) written and
 read only by the Lua scripts in :mod:`.redis_scripts`, so ids mean the same
 on every replica.  Fan-out is Redis pub/sub over the process's single
-subscriber connection (:mod:`.redis_pubsub`).  TLS, username and password
-come from ``SSE_REDIS_URL`` (``rediss://`` for TLS).
+subscriber connection (:mod:`.redis_pubsub`); sign-outs are
+:mod:`.redis_revocations`.  The connections are made as :mod:`.redis_connect`
+says, from ``SSE_REDIS_URL``.
 
 Every call is bounded by ``SSE_REDIS_TIMEOUT_SECONDS``: a dead or hung server
 turns into :class:`~sse_service.errors.BackendUnavailable` within about that
@@ -19,38 +20,30 @@ server makes ``ping`` fail with that reason.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.typing import EncodableT
 
 from .broker import Appended, Position, Record, Replay, Sink, new_epoch
 from .config import Settings
 from .errors import BackendUnavailable
 from .metrics import Metrics, Operation
+from .redis_connect import command_pool, pubsub_pool, unsupported
 from .redis_keys import user_keys
-from .redis_pubsub import Subscriber, unsupported_version
-from .redis_scripts import APPEND, PROBE, REPLAY, REVOKE
+from .redis_pubsub import Subscriber
+from .redis_revocations import RedisRevocations
+from .redis_scripts import APPEND, PROBE, REPLAY
 
 __all__ = ["RedisBroker"]
-
-logger = logging.getLogger(__name__)
 
 #: Key lifetimes beyond the history TTL.  The log outlives its newest entry
 #: by a second so key expiry never beats age trimming; the epoch outlives the
 #: log by a whole TTL so an aged-out reader hears "expired", not a new epoch.
 _LOG_GRACE_MS = 1_000
-#: Concurrent Redis commands per process; more would only queue inside Redis.
-_POOL_SIZE = 64
 _META_GRACE_MS = 60_000
-#: Users whose sign-outs one pipeline reads after a pub/sub reconnect.
-_REVOCATION_BATCH = 1_000
 #: How long a refused append keeps ``ping`` reporting a full Redis.  Redis is
 #: below its limit again between two deliveries (their buffers count), but
 #: daprd redelivers a refused message every 5 s: under lasting pressure a
@@ -75,52 +68,23 @@ class RedisBroker:
         self._timeout = timeout
         # A script call may take three round trips (EVALSHA, SCRIPT LOAD, EVALSHA).
         self._deadline = 3 * timeout
-        # RESP2 everywhere: any server version speaks it, and pub/sub pushes
-        # arrive as plain replies the subscriber reads itself.
-        # One immediate retry on a broken connection: pooled connections are
-        # stale after a Redis restart.  Timeouts are not retried, they would
-        # only double the wait.  A retried append is safe: dedupe answers it.
-        # A blocking pool: a burst of connects or deliveries waits (up to the
-        # timeout) for a free connection instead of failing with "too many
-        # connections", which would turn load into 503s and RETRYs.
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=_POOL_SIZE,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
-            client_name="sse-service",
-            protocol=2,
-        )
-        self._redis = Redis(connection_pool=pool)
+        self._redis = Redis(connection_pool=command_pool(url, timeout))
         self._db = int(self._redis.connection_pool.connection_kwargs.get("db") or 0)
         self._append = self._redis.register_script(APPEND)
         self._replay = self._redis.register_script(REPLAY)
         self._probe = self._redis.register_script(PROBE)
-        self._revoke = self._redis.register_script(REVOKE)
-        # The subscriber's reads wait for pushes; its PINGs every `timeout`
-        # keep them coming, so three silent periods mean a dead server.
-        pubsub_pool = ConnectionPool.from_url(
-            url,
-            socket_timeout=3 * timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name="sse-service-pubsub",
-            protocol=2,
-        )
-        self._subscriber = Subscriber(pubsub_pool, self._db, timeout, self._where, self._errors)
+        self._revocations = RedisRevocations(self._redis, self._db, self._call)
+        self._subscriber = Subscriber(pubsub_pool(url, timeout), self._db, timeout, self._where,
+                                      self._errors)
         self._started = False
-        self._tasks: set[asyncio.Task[None]] = set()
         #: Loop time of the newest append refused for memory, until one succeeds.
         self._refused_at: float | None = None
 
     async def start(self, sink: Sink) -> None:
         def resumed() -> None:
             sink.resumed()
-            task = asyncio.get_running_loop().create_task(self._read_revocations(sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # Sign-outs announced while the connection was down were not heard.
+            self._revocations.read_again(self._subscriber.wanted, sink)
 
         # Looked up when a sign-out arrives, not now: a sink that never sees
         # one need not implement it.
@@ -130,30 +94,9 @@ class RedisBroker:
 
     async def close(self) -> None:
         self._started = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._revocations.close()
         await self._subscriber.close()
         await self._redis.aclose()
-
-    async def _read_revocations(self, sink: Sink) -> None:
-        """Sign-outs announced while the pub/sub connection was down were not heard:
-        once it is back, read those stored for every subscribed user (idempotent)."""
-        users = self._subscriber.wanted
-        for start in range(0, len(users), _REVOCATION_BATCH):
-            batch = users[start:start + _REVOCATION_BATCH]
-            pipe = self._redis.pipeline(transaction=False)
-            for user_id in batch:
-                pipe.get(user_keys(user_id, self._db).revoked)
-            try:
-                values = await self._call(pipe.execute(), Operation.REVOKE)
-            except BackendUnavailable as exc:
-                logger.warning("cannot read sign-outs after the pub/sub reconnect: %s",
-                               exc.reason)
-                return
-            for user_id, value in zip(batch, values, strict=True):
-                if value:
-                    sink.revoked(user_id, float(value))
 
     async def append(self, user_id: str, key: str, data: bytes) -> Appended:
         keys = user_keys(user_id, self._db)
@@ -223,9 +166,7 @@ class RedisBroker:
         return Replay(head, records, revoked_before=before)
 
     async def revoke(self, user_id: str, not_before: float, ttl_seconds: float) -> None:
-        keys = user_keys(user_id, self._db)
-        args: list[EncodableT] = [repr(float(not_before)), int(ttl_seconds * 1000), keys.channel]
-        await self._call(self._revoke(keys=[keys.revoked], args=args), Operation.REVOKE)
+        await self._revocations.revoke(user_id, not_before, ttl_seconds)
 
     async def subscribe(self, user_id: str) -> None:
         try:
@@ -253,7 +194,7 @@ class RedisBroker:
             if isinstance(refusal, ResponseError) and not isinstance(refusal, OutOfMemoryError):
                 # Before Redis 7 a script with flags does not even compile.
                 info = await self._call(self._redis.info("server"), Operation.PING)
-                reason = unsupported_version(str(info.get("redis_version", "")))
+                reason = unsupported(info)
                 if reason is not None:
                     raise BackendUnavailable(reason) from exc
             raise

@@ -1,6 +1,6 @@
-"""Unwrapping what daprd delivers into the publisher's payload (pure, no I/O).
+"""Every envelope daprd delivers, read down to the publisher's payload (pure, no I/O).
 
-daprd sends one of (see docs/dapr.md):
+A single delivery is one of (see docs/dapr.md):
 
 * a CloudEvent whose ``data`` is the JSON object (publisher set
   ``datacontenttype: application/json``);
@@ -9,6 +9,12 @@ daprd sends one of (see docs/dapr.md):
 * a CloudEvent with ``data_base64`` (raw payload subscriptions, octet-stream
   publishers); its bytes may themselves be a whole CloudEvent;
 * the publisher's bare JSON (a non-Dapr producer wrote to the topic).
+
+A bulk delivery is ``{"entries": [...], ...}``; each entry names itself by
+``entryId`` and carries ``event`` (one of the above, or for a rawPayload
+subscription the broker's bytes as base64 text), ``contentType`` and the
+broker's ``metadata``.  :func:`read_bulk` reads them; the reply names every
+entry it returns, and cannot name one without a usable ``entryId``.
 
 The CloudEvent ``id`` and ``source`` become the dedupe key, so they must be
 text every backend can store: a string of valid Unicode (a number is taken as
@@ -27,7 +33,8 @@ from .errors import EventError
 from .events import shown
 from .jsondecode import loads
 
-__all__ = ["Envelope", "dedupe_key", "is_unicode", "unwrap"]
+__all__ = ["Bulk", "Envelope", "Unreadable", "dedupe_key", "event_name", "is_bulk", "is_unicode",
+           "read_bulk", "traceparent", "unwrap"]
 
 #: Longer keys are stored as their hash: an id is bounded only by the delivery size.
 _MAX_KEY_CHARS = 256
@@ -38,6 +45,57 @@ class Envelope:
     cloudevent_id: str | None
     payload: object
     source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A bulk entry's value the parser refused; the entry is dropped with this reason."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class Bulk:
+    """A bulk delivery read: each entry's ``entryId`` and its delivery, in order."""
+
+    entry_ids: list[str]
+    #: Each entry's ``event`` (what :func:`unwrap` reads) and broker ``metadata``.
+    deliveries: list[tuple[object, Mapping[str, object]]]
+    #: Entries left out: without an ``entryId`` the reply could name.
+    skipped: int = 0
+
+
+def is_bulk(document: object) -> bool:
+    return isinstance(document, dict) and isinstance(document.get("entries"), list) and (
+        "specversion" not in document
+    )
+
+
+def read_bulk(document: object) -> Bulk | None:
+    """The entries of a bulk delivery; None when ``document`` is a single delivery.
+
+    ``contentType`` is not read: the event says what it is.  A string is a
+    rawPayload entry's broker bytes, as base64 (JSON has no bytes), and is read
+    as a CloudEvent with ``data_base64`` and no id; so are bytes, already decoded.
+    """
+    if not is_bulk(document):
+        return None
+    assert isinstance(document, dict)
+    bulk = Bulk([], [])
+    for entry in document["entries"]:
+        entry_id = entry.get("entryId") if isinstance(entry, dict) else None
+        # The reply must name the entry in a string daprd can decode.
+        if not isinstance(entry_id, str) or not entry_id or not is_unicode(entry_id):
+            bulk.skipped += 1
+            continue
+        assert isinstance(entry, dict)
+        event = entry.get("event")
+        if isinstance(event, str | bytes):
+            event = {"specversion": "1.0", "id": None, "data_base64": event}
+        metadata = entry.get("metadata")
+        bulk.entry_ids.append(entry_id)
+        bulk.deliveries.append((event, metadata if isinstance(metadata, dict) else {}))
+    return bulk
 
 
 def _loads(raw: bytes | str, what: str) -> object:
@@ -86,21 +144,28 @@ def _envelope(event: dict[str, object], payload: object) -> Envelope:
     return Envelope(ce_id, payload, _attribute(event, "source") or "")
 
 
+def _raw(encoded: object) -> bytes:
+    """The bytes of ``data_base64``: base64 text, or bytes already decoded."""
+    if isinstance(encoded, bytes):
+        return encoded
+    if not isinstance(encoded, str):
+        raise EventError("data_base64 is not a string")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise EventError("data_base64 is not valid base64") from None
+
+
 def unwrap(event: object, depth: int = 0) -> Envelope:
     """Return the payload inside ``event`` (an already decoded JSON value)."""
     if not _is_cloudevent(event):
+        if isinstance(event, Unreadable):
+            raise EventError(f"event is {event.reason}")
         return Envelope(None, event)
     assert isinstance(event, dict)
     payload: object
     if "data_base64" in event:
-        encoded = event["data_base64"]
-        if not isinstance(encoded, str):
-            raise EventError("data_base64 is not a string")
-        try:
-            raw = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise EventError("data_base64 is not valid base64") from None
-        payload = _loads(raw, "data_base64 payload")
+        payload = _loads(_raw(event["data_base64"]), "data_base64 payload")
     else:
         payload = event["data"]
         if isinstance(payload, str):
@@ -113,6 +178,24 @@ def unwrap(event: object, depth: int = 0) -> Envelope:
             return inner
         return _envelope(event, inner.payload)
     return _envelope(event, payload)
+
+
+def event_name(event: object) -> str:
+    """The event's CloudEvent id for log lines, before (or whether or not) it unwraps."""
+    value = event.get("id") if isinstance(event, dict) else None
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    return "(no id)"
+
+
+def traceparent(event: object, metadata: Mapping[str, object]) -> object:
+    """daprd's ``traceparent`` header, or for a bulk entry its CloudEvent's own."""
+    value = metadata.get("traceparent")
+    if value is None and isinstance(event, dict):
+        value = event.get("traceparent")
+    return value
 
 
 def dedupe_key(envelope: Envelope, metadata: Mapping[str, object], data: bytes) -> str:

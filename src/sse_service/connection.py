@@ -9,52 +9,31 @@ its slot is released at once (``on_close``); the client reconnects with
 else waits.  However a stream ends, its closing frame is still written, and a
 client that has not taken it :data:`~.outlet.FLUSH_SECONDS` later has its
 socket aborted, so a stalled client never holds a socket, a slot or a
-shutdown.
-
-Framing rule: every blank line the server sends ends a block that has
-``data``.  Comments (``: connected``, ``: keepalive``, ``: closing: …``) and
-the ``retry:`` line go out without a blank line of their own, so they join the
-next event's block; clients that turn every block into a message (httpx-sse,
-fetch-event-source) never see one without data.
+shutdown.  The bytes of each frame are :mod:`.frames`'.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 
-from . import sse
 from .broker import Position, Record, Replay
 from .errors import CloseReason, ResyncReason
-from .events import resync_data
+from .frames import (
+    KEEPALIVE,
+    KEEPALIVE_CHUNK,
+    closing_frame,
+    ready_frame,
+    record_frame,
+    resync_frame,
+)
 from .logs import escape
-from .outlet import QueueOutlet, SocketOutlet, chunk
+from .outlet import QueueOutlet, SocketOutlet
 
-__all__ = [
-    "KEEPALIVE",
-    "KEEPALIVE_CHUNK",
-    "Connection",
-    "closing_frame",
-    "ready_frame",
-    "resync_frame",
-]
+__all__ = ["Connection"]
 
 logger = logging.getLogger(__name__)
-
-# A bare comment line: it dispatches nothing, so no client sees an empty message.
-KEEPALIVE = sse.encode_comment_line("keepalive")
-KEEPALIVE_CHUNK = chunk(KEEPALIVE)
-READY_DATA = '{"type":"ready"}'
-
-
-def resync_frame(head: Position, reason: str) -> bytes:
-    return sse.encode(resync_data(reason), id=str(head), event="resync")
-
-
-def ready_frame(head: Position) -> bytes:
-    return sse.encode(READY_DATA, id=str(head), event="ready")
 
 
 class Connection:
@@ -81,13 +60,15 @@ class Connection:
         byte_limit: int = 1 << 20,
         on_close: Callable[[Connection], None] | None = None,
         issued_at: float | None = None,
+        after: Position | None = None,
     ) -> None:
         self.user_id = user_id
         self.deadline = deadline
         #: The token's ``iat``, which decides whether a sign-out ends the stream.
         self.issued_at = issued_at
-        self.epoch: str | None = None
-        self.floor = 0
+        # Until the stream starts, the position the client resumes from, if any.
+        self.epoch = None if after is None else after.epoch
+        self.floor = 0 if after is None else after.offset
         self.reason: CloseReason | None = None
         self.active = True
         self.idle_since = now
@@ -108,14 +89,13 @@ class Connection:
     def position(self) -> Position | None:
         return None if self.epoch is None else Position(self.epoch, self.floor)
 
-    def start(self, replay: Replay, resync: str | None, mark: bool) -> bool:
-        """Queue the replay (or a resync), then what arrived meanwhile; False on a gap."""
-        reason = resync or replay.resync
-        if reason is not None:
-            self._put(resync_frame(replay.head, reason))
-        else:
+    def start(self, replay: Replay, resync: str | None = None) -> bool:
+        """Queue the replay (or a resync), then what arrived meanwhile; False on a gap.
+        ``replay`` was read after the position the stream was opened with."""
+        fresh = self.epoch is None
+        if not self._resync(replay.head, resync or replay.resync):
             self._put_history(replay.records)
-            if mark:
+            if fresh:
                 # The browser's lastEventId now points here even before the first
                 # event, so an early reconnect misses nothing; a named event so that
                 # script can read the position too (an id-only block hides it).
@@ -129,16 +109,14 @@ class Connection:
 
     def offer(self, record: Record, frame: bytes, framed: bytes | None = None) -> bool:
         """Send a live record unless already delivered; False when one is missing.
-        ``framed`` is ``frame`` as an HTTP chunk, built once for every stream."""
+        ``frame`` is :func:`record_frame`'s, ``framed`` the same as an HTTP chunk,
+        both built once for every stream."""
         if self._pending is not None:
             self._pending.append((record, frame))
             return True
+        # One comparison in the common case; what a new epoch means, _resync says.
         if record.epoch != self.epoch:
-            # The history this client was reading is gone: it must refetch.
-            self.epoch, self.floor = record.epoch, record.offset - 1
-            self._put(
-                resync_frame(Position(record.epoch, self.floor), ResyncReason.HISTORY_LOST)
-            )
+            self._resync(record.position, None, live=True)
         if record.offset <= self.floor:
             return True
         if record.offset != self.floor + 1:
@@ -156,33 +134,53 @@ class Connection:
         moves forward, and an epoch is announced once.
         """
         head = replay.head
-        if replay.resync is None:
-            # Records after the position read from, in the head's epoch; those
-            # of an epoch the stream has left are of no use to it.
-            if head.epoch == self.epoch:
-                fresh = [r for r in replay.records if r.offset > self.floor]
-                self._put_history(fresh)
-                if fresh:
-                    self.floor = fresh[-1].offset
+        if self._resync(head, replay.resync) or replay.resync is not None:
             return
-        if head.epoch != self.epoch:
-            if replay.resync == ResyncReason.UNKNOWN_EPOCH:
-                # The history moved to an epoch this stream has not heard of.
-                self._put(resync_frame(head, replay.resync))
-                self.epoch, self.floor = head.epoch, head.offset
-            # Otherwise the read was about an epoch the stream has since left.
-            return
-        if replay.resync == ResyncReason.UNKNOWN_EPOCH:
+        # Records after the position read from, in the head's epoch; those
+        # of an epoch the stream has left are of no use to it.
+        if head.epoch == self.epoch:
+            fresh = [r for r in replay.records if r.offset > self.floor]
+            self._put_history(fresh)
+            if fresh:
+                self.floor = fresh[-1].offset
+
+    def _resync(self, head: Position, reported: str | None, live: bool = False) -> bool:
+        """Whether the client must refetch (then queue ``event: resync`` and move the
+        stream there): the one place that decides it, and with which reason.
+
+        ``head`` is where a history read ended and ``reported`` the resync it
+        reported (:attr:`~.broker.Replay.resync`); for a ``live`` record, its position.
+        """
+        reason: str | None = reported
+        at = head
+        if self._pending is not None:
+            pass  # the first read: what the client asked for cannot be given
+        elif live:
+            # The history this client was reading is gone: it must refetch.
+            at = Position(head.epoch, head.offset - 1)
+            reason = ResyncReason.HISTORY_LOST if head.epoch != self.epoch else None
+        elif reported is None:
+            return False
+        elif head.epoch != self.epoch:
+            # Only news when the history moved to an epoch this stream has not
+            # heard of; otherwise the read was about an epoch it has since left.
+            if reported != ResyncReason.UNKNOWN_EPOCH:
+                return False
+        elif reported == ResyncReason.UNKNOWN_EPOCH:
             # Read from an older epoch, but live records already brought the
             # stream into the head's epoch, with its resync.  Records up to the
             # head that it lacks are still on their way through pub/sub; a lost
             # one shows as a hole or a reconnect, and both read again.
-            return
-        # Records after the stream's position are gone (expired), or the
-        # history is behind it: only a refetch helps.
-        floor = max(self.floor, head.offset)
-        self._put(resync_frame(Position(head.epoch, floor), replay.resync))
-        self.floor = floor
+            return False
+        else:
+            # Records after the stream's position are gone (expired), or the
+            # history is behind it: only a refetch helps.
+            at = Position(head.epoch, max(self.floor, head.offset))
+        if reason is None:
+            return False
+        self._put(resync_frame(at, reason))
+        self.epoch, self.floor = at.epoch, at.offset
+        return True
 
     def keepalive(self) -> None:
         self._put(KEEPALIVE, KEEPALIVE_CHUNK)
@@ -218,7 +216,7 @@ class Connection:
     def _put_history(self, records: list[Record]) -> None:
         if self.reason is not None or not records:
             return
-        self.outlet.put_history([sse.encode_message(str(r.position), r.data) for r in records])
+        self.outlet.put_history([record_frame(r) for r in records])
         self.active = True
 
     def _put(self, frame: bytes, framed: bytes | None = None) -> None:
@@ -235,25 +233,3 @@ class Connection:
             return
         self.active = True
 
-
-#: Reasons only ever given to streams whose client is already gone.
-_UNSEEN = frozenset({CloseReason.CLIENT_DISCONNECTED, CloseReason.CLOSED})
-
-
-def _closing(reason: CloseReason) -> bytes:
-    # The comment is for people reading with curl (and tools that grep for
-    # it); the event is what script can see.  No id: the close must not move
-    # the client's lastEventId.
-    comment = sse.encode_comment_line(f"closing: {reason}")
-    if reason in _UNSEEN:
-        return comment
-    data = json.dumps({"type": "close", "reason": str(reason)}, separators=(",", ":"))
-    return comment + sse.encode(data, event="close")
-
-
-_CLOSING = {reason: _closing(reason) for reason in CloseReason}
-
-
-def closing_frame(reason: CloseReason) -> bytes:
-    """The last frame of a stream: ``event: close`` with the reason as JSON data."""
-    return _CLOSING[reason]

@@ -3,7 +3,8 @@
 :func:`decode_delivery` parses a delivery.  When Python's parser refuses a
 bulk as a whole (an entry nested deeper than it recurses, an integer longer
 than it converts), the bulk is walked entry by entry, so only the unreadable
-entries are lost: each becomes an :class:`Unreadable`.
+entries are lost: each becomes an :class:`~.cloudevents.Unreadable`.  What the
+decoded envelope means is :mod:`.cloudevents`' business.
 """
 
 from __future__ import annotations
@@ -11,26 +12,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
+from .cloudevents import Unreadable, is_bulk
 from .errors import EventError
 from .jsondecode import loads
 
-__all__ = ["Unreadable", "decode_delivery", "is_bulk"]
-
-
-@dataclass(frozen=True, slots=True)
-class Unreadable:
-    """A bulk entry's value the parser refused; the entry is dropped with this reason."""
-
-    reason: str
-
-
-def is_bulk(document: object) -> bool:
-    return isinstance(document, dict) and isinstance(document.get("entries"), list) and (
-        "specversion" not in document
-    )
+__all__ = ["decode_delivery"]
 
 
 def decode_delivery(body: bytes) -> object:

@@ -23,8 +23,7 @@ from typing import Any, TypeGuard
 from .errors import EventError
 
 __all__ = ["EVENT_TYPES", "MAX_DEPTH", "MAX_NOT_BEFORE_AHEAD", "REVOKED", "Revocation",
-           "TaskEvent", "is_revocation", "parse_revocation", "parse_task_event", "resync_data",
-           "shown"]
+           "TaskEvent", "is_revocation", "parse_revocation", "parse_task_event", "shown"]
 
 EVENT_TYPES = frozenset({"task.created", "task.updated", "task.deleted", "task.completed"})
 #: The event type of a sign-out everywhere.
@@ -158,6 +157,3 @@ def parse_task_event(payload: object) -> TaskEvent:
         raise EventError("task must be a JSON object")
     return TaskEvent(event_type=event_type, user_id=user_id, task=task)
 
-
-def resync_data(reason: str) -> str:
-    return json.dumps({"type": "resync", "reason": reason}, separators=(",", ":"))

@@ -4,7 +4,11 @@ It is the broker's :class:`~sse_service.broker.Sink`: each record is encoded
 to bytes once and the same bytes are offered to every stream of its user.
 One ticker serves every stream (keepalives, token expiry), so an idle stream
 costs no timer of its own.  Connection limits, the connect-rate admission
-(:mod:`.admission`) and the shutdown drain live here too.
+(:mod:`.admission`) and the shutdown drain live here too; filling the holes
+live records reveal is :mod:`.repair`'s.
+
+Time is ``clock()`` (the loop's by default; :meth:`Hub.open`'s deadlines are on
+it) and waits are ``sleep``, so that a test can drive both.
 
 A stream holds a slot (``count``, what the limits and ``/readyz`` see) from
 :meth:`Hub.open` until it is closed for any reason, and a socket
@@ -17,41 +21,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from . import sse
 from .admission import Admission
 from .broker import Broker, Position, Record
 from .config import Settings
 from .connection import Connection
-from .errors import AuthError, BackendUnavailable, CapacityError, CloseReason, UserLimitError
+from .errors import AuthError, CapacityError, CloseReason, UserLimitError
+from .frames import record_frame
 from .logs import escape
 from .metrics import REPLAYED, Metrics, Refusal
 from .outlet import FLUSH_SECONDS, chunk
+from .repair import GapRepair
+from .subscriptions import Subscriptions
 
 __all__ = ["Hub"]
 
 logger = logging.getLogger(__name__)
 
 
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 class Hub:
-    def __init__(self, broker: Broker, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, broker: Broker, settings: Settings, metrics: Metrics | None = None, *,
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._broker = broker
         self.metrics = metrics or Metrics()
+        self.clock = clock or _loop_time
+        self._sleep = sleep
         self._keepalive = settings.keepalive_seconds
+        self._period = min(1.0, self._keepalive / 4)
         self._queue_size = settings.queue_size
         self.queue_bytes = settings.queue_bytes
         self._max_total = settings.max_connections
         self._max_per_user = settings.max_connections_per_user
-        self.admission = Admission(settings.max_connect_rate)
+        # Built outside a loop, so on its own clock unless one is given.
+        self.admission = Admission(settings.max_connect_rate, clock or time.monotonic)
         self._users: dict[str, set[Connection]] = {}
-        # Per user with streams here: True once subscribed, else the subscription
-        # in progress, which other streams of the user opening meanwhile share.
-        self._subscriptions: dict[str, asyncio.Future[None] | bool] = {}
-        self._catching_up: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._subscriptions = Subscriptions(broker, self._spawn)
+        self._repair = GapRepair(broker, self._users, self.revoked, self.metrics, self._spawn,
+                                 sleep)
         self._ticker: asyncio.Task[None] | None = None
         self.count = 0
         self.sockets = 0
@@ -84,12 +99,11 @@ class Hub:
             for conn in conns[index::batches]:
                 conn.close(CloseReason.SERVER_SHUTDOWN)
             if index + 1 < batches:
-                await asyncio.sleep(window / batches)
+                await self._sleep(window / batches)
         # The last batch gets its flush time; a stalled client is aborted by then.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + FLUSH_SECONDS + 0.5
-        while self.sockets and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        deadline = self.clock() + FLUSH_SECONDS + 0.5
+        while self.sockets and self.clock() < deadline:
+            await self._sleep(0.05)
         logger.info("drained: %d sockets still open", self.sockets)
 
     # -- streams ---------------------------------------------------------------
@@ -120,14 +134,14 @@ class Hub:
             metrics.refused[Refusal.RATE_LIMITED] += 1
             raise
         conn = Connection(
-            user_id, deadline, self._queue_size, asyncio.get_running_loop().time(),
-            byte_limit=self.queue_bytes, on_close=self._release, issued_at=issued_at,
+            user_id, deadline, self._queue_size, self.clock(), byte_limit=self.queue_bytes,
+            on_close=self._release, issued_at=issued_at, after=after,
         )
         self._users.setdefault(user_id, set()).add(conn)
         self.count += 1
         self.sockets += 1
         try:
-            await self._subscribed(user_id)
+            await self._subscriptions.ensure(user_id)
             replay = await self._broker.replay(user_id, after)
         except BaseException:
             self.close(conn)
@@ -139,8 +153,8 @@ class Hub:
             raise AuthError("token revoked")
         # Closed while it opened (a drain): its slot went uncounted then.
         closed_early = conn.reason
-        if not conn.start(replay, resync, mark=after is None or resync is not None):
-            self._catch_up_later(user_id)
+        if not conn.start(replay, resync):
+            self._repair.request(user_id)
         metrics.streams_opened += 1
         if closed_early is not None:
             metrics.closed[closed_early] += 1
@@ -165,15 +179,14 @@ class Hub:
             self.metrics.closed[conn.reason] += 1
         if not conns:
             del self._users[conn.user_id]
-            self._subscriptions.pop(conn.user_id, None)
-            self._spawn(self._broker.unsubscribe(conn.user_id))
+            self._subscriptions.drop(conn.user_id)
 
     # -- Sink ------------------------------------------------------------------
     def deliver(self, record: Record) -> None:
         conns = self._users.get(record.user_id)
         if not conns:
             return
-        frame = sse.encode_message(str(record.position), record.data)
+        frame = record_frame(record)
         framed = chunk(frame)
         # Once per event, not per stream: the budget is per delivery.
         reached = len(conns)
@@ -185,11 +198,11 @@ class Hub:
         for conn in tuple(conns):
             complete = conn.offer(record, frame, framed) and complete
         if not complete:
-            self._catch_up_later(record.user_id)
+            self._repair.request(record.user_id)
 
     def resumed(self) -> None:
         for user_id in list(self._users):
-            self._catch_up_later(user_id)
+            self._repair.request(user_id)
 
     def revoked(self, user_id: str, not_before: float) -> None:
         """Sign-out: end the user's streams whose token was issued before ``not_before``."""
@@ -206,93 +219,30 @@ class Hub:
                     extra={"reason": CloseReason.REVOKED, "user_id": escape(user_id)})
 
     # -- internals -------------------------------------------------------------
-    async def _subscribed(self, user_id: str) -> None:
-        state = self._subscriptions.get(user_id)
-        if state is True:
-            return
-        if isinstance(state, asyncio.Future):
-            await asyncio.shield(state)
-            return
-        # The first stream of the user subscribes inline, with no task of its
-        # own: most subscriptions finish at once, and a connect is hot.
-        pending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._subscriptions[user_id] = pending
-        try:
-            await self._broker.subscribe(user_id)
-        except BaseException as exc:
-            if self._subscriptions.get(user_id) is pending:
-                del self._subscriptions[user_id]
-            if isinstance(exc, Exception):
-                pending.set_exception(exc)
-                pending.exception()  # the waiters, if any, re-raise it
-            else:
-                pending.cancel()
-            raise
-        if self._subscriptions.get(user_id) is pending:
-            self._subscriptions[user_id] = True
-        pending.set_result(None)
-
-    def _catch_up_later(self, user_id: str) -> None:
-        if user_id in self._catching_up:
-            self._catching_up[user_id] = True
-            return
-        self._catching_up[user_id] = False
-        self._spawn(self._catch_up(user_id))
-
-    async def _catch_up(self, user_id: str) -> None:
-        """Read history after each stream's position: fills gaps left by a lost
-        pub/sub message or a broker outage.  Retries with backoff while the
-        backend is unavailable and the user still has streams here."""
-        delay = 0.2
-        try:
-            while user_id in self._users:
-                self._catching_up[user_id] = False
-                try:
-                    await self._replay_into_streams(user_id)
-                except BackendUnavailable as exc:
-                    logger.warning("catch-up for user %s postponed %.1fs: %s",
-                                   user_id, delay, exc.reason)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                self.metrics.gap_repairs += 1
-                if not self._catching_up[user_id]:
-                    return
-        finally:
-            del self._catching_up[user_id]
-
-    async def _replay_into_streams(self, user_id: str) -> None:
-        groups: dict[Position | None, list[Connection]] = defaultdict(list)
-        for conn in self._users.get(user_id, ()):
-            if not conn.opening and not conn.closed:
-                groups[conn.position].append(conn)
-        for position, group in groups.items():
-            replay = await self._broker.replay(user_id, position)
-            if replay.revoked_before is not None:
-                # Covers a sign-out whose announcement this replica missed.
-                self.revoked(user_id, replay.revoked_before)
-            for conn in group:
-                conn.catch_up(replay)
-
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def tick(self) -> None:
+        """One turn of the ticker, as of ``clock()``: end the streams whose token
+        expired, and send a keepalive to those idle for ``SSE_KEEPALIVE_SECONDS``."""
+        now = self.clock()
+        # Half a period early rather than up to a period late: ticks fall anywhere.
+        idle = self._keepalive - self._period / 2
+        for conns in list(self._users.values()):
+            for conn in tuple(conns):
+                if conn.deadline is not None and now >= conn.deadline:
+                    conn.close(CloseReason.TOKEN_EXPIRED)
+                elif conn.active:
+                    conn.active = False
+                    conn.idle_since = now
+                elif now - conn.idle_since >= idle:
+                    conn.keepalive()
+                    conn.active = False
+                    conn.idle_since = now
+
     async def _tick_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        period = min(1.0, self._keepalive / 4)
         while True:
-            await asyncio.sleep(period)
-            now = loop.time()
-            for conns in list(self._users.values()):
-                for conn in tuple(conns):
-                    if conn.deadline is not None and now >= conn.deadline:
-                        conn.close(CloseReason.TOKEN_EXPIRED)
-                    elif conn.active:
-                        conn.active = False
-                        conn.idle_since = now
-                    elif now - conn.idle_since >= self._keepalive - period / 2:
-                        conn.keepalive()
-                        conn.active = False
-                        conn.idle_since = now
+            await self._sleep(self._period)
+            self.tick()

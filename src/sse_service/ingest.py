@@ -1,23 +1,22 @@
 """Deliveries from Dapr: validation, append, and the status daprd reads.
 
-Replies follow daprd's reading of them (docs/dapr.md): ``SUCCESS`` once the
-event is in the user's history and handed to local streams, ``DROP`` for an
-event no retry can fix (logged at WARNING with the CloudEvent id and the
-reason), ``RETRY`` only for a transient backend failure.  Bulk deliveries get
-one status per entry, processed in order so one user's events keep their
-order; a dropped entry holds back none of the others.
+Replies follow daprd's reading of them (docs/dapr.md): ``SUCCESS`` once the event is in
+the user's history and handed to local streams, ``DROP`` for an event no retry can fix
+(logged at WARNING with the CloudEvent id and the reason), ``RETRY`` only for a transient
+backend failure.  Bulk deliveries get one status per entry, processed in order so one
+user's events keep their order; a dropped entry holds back none of the others.
 
-No input produces a 5xx or an endless RETRY: validation is pure, so whatever
-fails it fails on every redelivery and is dropped.  A body that is no
-delivery at all (over ``SSE_MAX_DELIVERY_BYTES``, not JSON) is dropped whole:
-``200 DROP`` for a single delivery, ``404`` for a bulk one, whose entryIds
-cannot be read (daprd retries every entry a 200 does not name, and drops all
-on a 404).
+No input produces a 5xx or an endless RETRY: validation is pure, so whatever fails it
+fails on every redelivery and is dropped.  A body that is no delivery at all (over
+``SSE_MAX_DELIVERY_BYTES``, not JSON) is dropped whole: ``200 DROP`` for a single
+delivery, ``404`` for a bulk one, whose entryIds cannot be read (daprd retries every
+entry a 200 does not name, and drops all on a 404).  Reading the envelopes is
+:mod:`.cloudevents`' part.
 
-A sign-out (``session.revoked``, :func:`~.events.parse_revocation`) on the
-same topic is no task event: it goes to :meth:`Broker.revoke`, never to the
-history, answered like an append (``SUCCESS``, ``RETRY`` while the backend is
-away, ``DROP`` when malformed), in its place in a bulk delivery.
+A sign-out (``session.revoked``, :func:`~.events.parse_revocation`) on the same topic
+is no task event: it goes to :meth:`Broker.revoke`, never to the history, answered
+like an append (``SUCCESS``, ``RETRY`` while the backend is away, ``DROP`` when
+malformed), in its place in a bulk delivery.
 """
 
 from __future__ import annotations
@@ -29,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .broker import Appended, Broker
-from .cloudevents import dedupe_key, is_unicode, unwrap
+from .cloudevents import dedupe_key, event_name, read_bulk, traceparent, unwrap
 from .config import Settings
-from .deliveries import Unreadable, decode_delivery, is_bulk
+from .deliveries import decode_delivery
 from .errors import BackendUnavailable, DaprStatus, EventError
 from .events import is_revocation, parse_revocation, parse_task_event
 from .logs import escape
@@ -45,6 +44,8 @@ logger = logging.getLogger(__name__)
 ROUTE = "/task-updates"
 #: How much of a CloudEvent id a log line shows.
 _NAME_CHARS = 64
+#: An event as delivered (a decoded body or bulk entry) and its broker metadata.
+_Delivery = tuple[object, Mapping[str, object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,15 +89,17 @@ class Ingest:
                 document = decode_delivery(body)
             except EventError as exc:
                 return self.refuse(headers, exc.reason)
-            if is_bulk(document):
-                assert isinstance(document, dict)
-                return Reply({"statuses": await self._bulk(document["entries"])})
-            (status,), (reason,) = await self._store([(document, headers)])
-            self._metrics.entries[status] += 1
-            if reason is not None:
-                # For people (`sse-service publish` prints it); daprd reads only the status.
-                return Reply({"status": status.value, "reason": reason})
-            return Reply({"status": status.value})
+            bulk = read_bulk(document)
+            if bulk is not None:
+                for _ in range(bulk.skipped):
+                    logger.warning("skipping a bulk entry without a usable entryId")
+                statuses, _ = await self.store(bulk.deliveries)
+                return Reply({"statuses": [{"entryId": i, "status": s.value}
+                                           for i, s in zip(bulk.entry_ids, statuses, strict=True)]})
+            (status,), (reason,) = await self.store([(document, headers)])
+            # The reason is for people (`sse-service publish` prints it); daprd reads the status.
+            return Reply({"status": status.value} if reason is None
+                         else {"status": status.value, "reason": reason})
         finally:
             self._metrics.ingest_seconds.observe(time.perf_counter() - started)
 
@@ -106,26 +109,14 @@ class Ingest:
         logger.warning("dropping a delivery: %s", escape(reason),
                        extra={"dapr_status": DaprStatus.DROP.value, "reason": escape(reason),
                               "trace_id": trace_id(headers.get("traceparent"))})
+        # daprd sends bulk deliveries as application/json, single ones as cloudevents+json.
         content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-        # daprd sends bulk deliveries as application/json, single ones as
-        # application/cloudevents+json.
         return Reply({"status": DaprStatus.DROP.value, "reason": escape(reason)},
                      404 if content_type == "application/json" else 200)
 
-    async def store(
-        self, deliveries: list[tuple[object, Mapping[str, object]]]
-    ) -> list[DaprStatus]:
-        """Validate each delivery, append the valid ones in order (one batch), never raise."""
-        statuses, _ = await self._store(deliveries)
-        entries = self._metrics.entries
-        for status in statuses:
-            entries[status] += 1
-        return statuses
-
-    async def _store(
-        self, deliveries: list[tuple[object, Mapping[str, object]]]
-    ) -> tuple[list[DaprStatus], list[str | None]]:
-        """:meth:`store`, and why each dropped delivery was dropped (escaped)."""
+    async def store(self, deliveries: list[_Delivery]) -> tuple[list[DaprStatus], list[str | None]]:
+        """Validate each delivery, append the valid ones in order (one batch), never
+        raise: each one's status, and why each dropped one was dropped (escaped)."""
         statuses: list[DaprStatus] = []
         reasons: list[str | None] = [None] * len(deliveries)
         ready: list[tuple[int, _Ready]] = []
@@ -139,13 +130,11 @@ class Ingest:
                 ready.append((index, item))
                 statuses.append(DaprStatus.RETRY)
                 revocations = revocations or item.not_before is not None
-        if not ready:
-            return statuses, reasons
-        results: Sequence[Appended | BackendUnavailable | None]
+        results: Sequence[Appended | BackendUnavailable | None] = ()
         try:
             if revocations:
                 results = await self._in_order([r for _, r in ready])
-            else:
+            elif ready:
                 results = await self._broker.append_many(
                     [(r.user_id, r.key, r.data) for _, r in ready])
         except Exception as exc:
@@ -153,7 +142,16 @@ class Ingest:
                          len(ready), escape(f"{type(exc).__name__}: {exc}"),
                          extra={"dapr_status": DaprStatus.RETRY.value})
             logger.debug("the unexpected error", exc_info=True)
-            return statuses, reasons
+        else:
+            self._stored(ready, results, deliveries, statuses)
+        for status in statuses:
+            self._metrics.entries[status] += 1
+        return statuses, reasons
+
+    def _stored(self, ready: list[tuple[int, _Ready]],
+                results: Sequence[Appended | BackendUnavailable | None],
+                deliveries: list[_Delivery], statuses: list[DaprStatus]) -> None:
+        """Each stored delivery's status becomes SUCCESS; the others stay RETRY."""
         now = time.time()
         for (index, item), result in zip(ready, results, strict=True):
             if isinstance(result, BackendUnavailable):
@@ -179,7 +177,6 @@ class Ingest:
                 # A publisher's clock ahead of ours would make it negative.
                 lag = now - item.published
                 self._metrics.publish_lag.observe(lag if lag > 0.0 else 0.0)
-        return statuses, reasons
 
     async def _in_order(self, items: list[_Ready]) -> list[Appended | BackendUnavailable | None]:
         """Appends and sign-outs in delivery order (``None``: a sign-out kept).  A run
@@ -202,11 +199,10 @@ class Ingest:
             run = []
             if item is None:
                 break
-            not_before = item.not_before
-            assert not_before is not None
-            if failed is None:
+            if failed is None and item.not_before is not None:
                 try:
-                    await self._broker.revoke(item.user_id, not_before, self._revocation_ttl)
+                    await self._broker.revoke(item.user_id, item.not_before,
+                                              self._revocation_ttl)
                 except BackendUnavailable as exc:
                     failed = exc
             results.append(failed)
@@ -214,11 +210,9 @@ class Ingest:
 
     def _prepare(self, event: object, metadata: Mapping[str, object]) -> _Ready | str:
         """The event ready to append, or why it is dropped (logged, and escaped)."""
-        name = _id_of(event)
+        name = event_name(event)
         user: str | None = None
         try:
-            if isinstance(event, Unreadable):
-                raise EventError(f"event is {event.reason}")
             envelope = unwrap(event)
             name = envelope.cloudevent_id or name
             if is_revocation(envelope.payload):
@@ -228,62 +222,28 @@ class Ingest:
             user = task_event.user_id
             data = task_event.data()
             if len(data) > self._max_bytes:
-                raise EventError(
-                    f"event of {len(data)} bytes exceeds SSE_MAX_EVENT_BYTES={self._max_bytes}"
-                )
+                raise EventError(f"event of {len(data)} bytes exceeds "
+                                 f"SSE_MAX_EVENT_BYTES={self._max_bytes}")
             key = dedupe_key(envelope, metadata, data)
-        except EventError as exc:
-            logger.warning("dropping CloudEvent %s: %s", escape(name, _NAME_CHARS),
-                           escape(exc.reason),
-                           extra=_fields(name, DaprStatus.DROP, user, event, metadata,
-                                         reason=exc.reason))
-            return escape(exc.reason)
         except Exception as exc:
             # Validation does no I/O: what fails here fails on every redelivery.
-            logger.error("dropping CloudEvent %s: unexpected %s while reading it",
-                         escape(name, _NAME_CHARS), type(exc).__name__,
-                         extra=_fields(name, DaprStatus.DROP, user, event, metadata,
-                                       reason=type(exc).__name__))
-            return f"unexpected {type(exc).__name__} while reading it"
+            if isinstance(exc, EventError):
+                level, reason, field = logging.WARNING, escape(exc.reason), exc.reason
+            else:
+                field = type(exc).__name__
+                level, reason = logging.ERROR, f"unexpected {field} while reading it"
+            logger.log(level, "dropping CloudEvent %s: %s", escape(name, _NAME_CHARS), reason,
+                       extra=_fields(name, DaprStatus.DROP, user, event, metadata, field))
+            return reason
         return _Ready(task_event.user_id, key, data, name,
                       published=self._metrics.published_at(event))
-
-    async def _bulk(self, entries: list[Any]) -> list[dict[str, str]]:
-        ids: list[str] = []
-        deliveries: list[tuple[object, Mapping[str, object]]] = []
-        for entry in entries:
-            entry_id = entry.get("entryId") if isinstance(entry, dict) else None
-            # The reply must name the entry in a string daprd can decode.
-            if not isinstance(entry_id, str) or not entry_id or not is_unicode(entry_id):
-                logger.warning("skipping a bulk entry without a usable entryId")
-                continue
-            event = entry.get("event")
-            if isinstance(event, str):
-                # rawPayload bulk entries carry the broker bytes as base64.
-                event = {"specversion": "1.0", "id": None, "data_base64": event}
-            metadata = entry.get("metadata")
-            ids.append(entry_id)
-            deliveries.append((event, metadata if isinstance(metadata, dict) else {}))
-        statuses = await self.store(deliveries)
-        return [{"entryId": i, "status": s.value} for i, s in zip(ids, statuses, strict=True)]
 
 
 def _fields(name: str, status: DaprStatus, user: str | None, event: object,
             metadata: Mapping[str, object], reason: str | None = None) -> dict[str, object]:
-    """The structured fields of a log line about one delivery.  The trace is
-    daprd's ``traceparent`` header, or for a bulk entry its CloudEvent's own."""
-    traceparent = metadata.get("traceparent")
-    if traceparent is None and isinstance(event, dict):
-        traceparent = event.get("traceparent")
+    """The structured fields of a log line about one delivery."""
     return {"cloudevent_id": escape(name, _NAME_CHARS), "dapr_status": status.value,
-            "user_id": None if user is None else escape(user), "trace_id": trace_id(traceparent),
+            "user_id": None if user is None else escape(user),
+            "trace_id": trace_id(traceparent(event, metadata)),
             "reason": None if reason is None else escape(reason)}
 
-
-def _id_of(event: object) -> str:
-    value = event.get("id") if isinstance(event, dict) else None
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return repr(value)
-    return "(no id)"

@@ -19,7 +19,7 @@ make two users' names collide.  ``user_of_channel`` reverses it.
                              seconds); tokens issued before it are refused
                              until the key expires (``SSE_REVOCATION_TTL_SECONDS``)
 ``sse:{u:<id>}:live:<db>``   channel: each appended record, to every replica, and
-                             ``!revoked <not_before>`` for a sign-out
+                             each sign-out (the messages: :mod:`.redis_messages`)
 ===========================  ====================================================
 
 Pub/sub ignores the database number, so the channel name carries it: two

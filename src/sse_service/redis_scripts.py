@@ -19,9 +19,9 @@ current epoch, drops the old history and writes a meta hash of three short
 fields, so a client can still open a stream and replay.  ``PROBE`` writes nothing but is
 refused exactly when ``APPEND`` would be: readiness asks Redis itself.
 
-``REVOKE`` keeps a user's latest sign-out and announces it on the user's
-channel as ``!revoked <not_before>``; a record's message starts with its
-epoch, which is never ``!``, so the two cannot be confused.  ``REPLAY``
+``APPEND`` and ``REVOKE`` announce what they wrote on the user's channel;
+the message format, and the Lua that writes it, are in :mod:`.redis_messages`.
+``REVOKE`` keeps a user's latest sign-out and announces it.  ``REPLAY``
 returns the stored sign-out with every read, so a stream learns it when it
 opens, with no round trip of its own.
 
@@ -31,6 +31,8 @@ see ``load_epoch``.
 """
 
 from __future__ import annotations
+
+from .redis_messages import LUA_PUBLISH_RECORD, LUA_PUBLISH_REVOKED
 
 __all__ = ["APPEND", "PROBE", "REPLAY", "REVOKE"]
 
@@ -107,7 +109,7 @@ end
 #: ARGV: candidate epoch, dedupe key, data, history size, ttl ms, key ttl ms,
 #: meta ttl ms, channel.  Returns ``{epoch, offset, duplicate, data}``
 #: (``data`` only for a duplicate: the stored record's).
-APPEND = "#!lua\n" + _PRELUDE + """
+APPEND = "#!lua\n" + _PRELUDE + LUA_PUBLISH_RECORD + """
 local key, data = ARGV[2], ARGV[3]
 local size, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local epoch, head = load_epoch(ARGV[1])
@@ -128,8 +130,7 @@ redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. (head - size + 1))
 redis.call('PEXPIRE', log, ARGV[6])
 redis.call('PEXPIRE', seen, ARGV[6])
 redis.call('PEXPIRE', meta, ARGV[7])
--- Sharded pub/sub keeps the message on the node that serves the user's slot.
-redis.call('SPUBLISH', ARGV[8], epoch .. ' ' .. head .. ' ' .. data)
+publish_record(ARGV[8], epoch, head, data)
 return {epoch, head, 0}
 """
 
@@ -171,7 +172,7 @@ return reply
 #: later of the stored and the given not_before, renews the key's lifetime and
 #: announces the value kept; returns it.  No flags: refused out of memory, like
 #: ``APPEND``, so the delivery is retried.
-REVOKE = """#!lua
+REVOKE = "#!lua\n" + LUA_PUBLISH_REVOKED + """
 local given = tonumber(ARGV[1])
 local stored = tonumber(redis.call('GET', KEYS[1]) or '')
 if stored == nil or given > stored then
@@ -181,7 +182,7 @@ else
   redis.call('PEXPIRE', KEYS[1], ARGV[2], 'GT')
 end
 local kept = redis.call('GET', KEYS[1])
-redis.call('SPUBLISH', ARGV[3], '!revoked ' .. kept)
+publish_revoked(ARGV[3], kept)
 return kept
 """
 

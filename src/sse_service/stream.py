@@ -129,8 +129,7 @@ class StreamEndpoint:
         last_id = headers.get("last-event-id") or query.get("lastEventId", [""])[0]
         after = Position.parse(last_id) if last_id else None
         resync = ResyncReason.INVALID_ID if last_id and after is None else None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (identity.expires_at - time.time())
+        deadline = self.hub.clock() + (identity.expires_at - time.time())
         return await self.hub.open(identity.user_id, deadline, after, resync,
                                    issued_at=identity.issued_at)
 

@@ -10,12 +10,9 @@ registered claims.
 from __future__ import annotations
 
 import base64
-import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -24,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from support import Service, running_service
+from support.jwks import JwksServer
 from test_auth import assert_refused_stream, assert_stream_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,28 +45,15 @@ class BetterAuth:
                                  "kid": self.kid}
         if with_alg:
             entry["alg"] = "EdDSA"
-        body = json.dumps({"keys": [entry]}).encode()
+        self._entry = entry
+        self._jwks = JwksServer([self], path="/api/auth/jwks")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                if self.path != "/api/auth/jwks":
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def jwk(self) -> dict[str, Any]:
+        return self._entry
 
     @property
     def jwks_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/api/auth/jwks"
+        return self._jwks.url
 
     def token(self, user_id: str, **overrides: Any) -> str:
         now = int(time.time())
@@ -86,8 +71,7 @@ class BetterAuth:
                           headers={"kid": self.kid, "typ": None})
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._jwks.close()
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["keys-with-alg", "keys-without-alg"])

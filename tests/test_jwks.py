@@ -12,11 +12,9 @@ import asyncio
 import gzip
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -28,99 +26,13 @@ from sse_service.config import Settings
 from sse_service.errors import AuthError
 from sse_service.jwks import JWKS_FETCH_TIMEOUT_SECONDS, JWKS_MAX_BYTES, JWKS_REFETCH_SECONDS
 from support import Service, aeventually, make_token, running_service
+from support.jwks import JwksServer
 from test_auth import SigningKey, b64url, claims, ec_key, rsa_key
 
 pytestmark = pytest.mark.timeout(60)
 
 #: Slack for a shared, busy machine on top of a bound the service promises.
 SLACK = 1.5
-
-
-# -- an issuer that misbehaves on demand ---------------------------------------------
-
-
-class Issuer:
-    """A real JWKS endpoint: serves ``keys`` (or ``body``), or fails, stalls, drips or floods."""
-
-    def __init__(self, keys: list[SigningKey]) -> None:
-        self.keys = keys
-        self.body: bytes | None = None
-        self.status = 200
-        self.headers: dict[str, str] = {}
-        self.stall = 0.0  # seconds before answering (cut short by close())
-        self.drip = 0.0  # seconds between single body bytes, for 100 bytes
-        self.flood = 0  # bytes of body to stream, announced in content-length
-        self.requests = 0
-        self.sent = 0
-        self.done = threading.Event()  # the last flood or drip is over
-        self.release = threading.Event()
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                with outer.lock:
-                    outer.requests += 1
-                if outer.stall:
-                    outer.release.wait(outer.stall)
-                if outer.status != 200:
-                    self.send_error(outer.status)
-                    return
-                if outer.flood or outer.drip:
-                    outer.pour(self)
-                    return
-                body = outer.document()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                for name, value in outer.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def document(self) -> bytes:
-        if self.body is not None:
-            return self.body
-        return json.dumps({"keys": [key.jwk() for key in self.keys]}).encode()
-
-    def pour(self, handler: BaseHTTPRequestHandler) -> None:
-        self.done.clear()
-        self.sent = 0
-        handler.send_response(200)
-        handler.send_header("content-type", "application/json")
-        if self.flood:
-            handler.send_header("content-length", str(self.flood))
-        handler.end_headers()
-        chunk = b'{"keys": [], "pad": "' + b"x" * 65_536
-        try:
-            while self.sent < (100 if self.drip else self.flood):
-                piece = chunk[:1] if self.drip else chunk[: self.flood - self.sent]
-                handler.wfile.write(piece)
-                handler.wfile.flush()
-                self.sent += len(piece)
-                if self.drip and self.release.wait(self.drip):
-                    return
-        except OSError:
-            pass  # the client hung up
-        finally:
-            self.done.set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks"
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +46,8 @@ def stranger() -> SigningKey:
 
 
 @pytest.fixture
-def issuer(known) -> Iterator[Issuer]:
-    server = Issuer([known, ec_key("ec-1")])
+def issuer(known) -> Iterator[JwksServer]:
+    server = JwksServer([known, ec_key("ec-1")])
     try:
         yield server
     finally:
@@ -227,6 +139,16 @@ async def test_forged_kids_cost_one_fetch_per_refetch_interval_while_the_issuer_
     clock.advance(1)
     assert await refusal(auth, forged_kid(stranger)) == "unknown signing key"
     assert issuer.requests == 2
+
+
+async def test_a_known_key_is_served_from_the_cache_past_the_refetch_limit(
+        issuer, authenticator, known):
+    clock = FakeClock()
+    auth = authenticator(clock)  # the cache lasts 300 s, a refetch may come after 5 s
+    for _ in range(3):
+        assert (await auth.authenticate(known.token(user()))).user_id
+        clock.advance(JWKS_REFETCH_SECONDS)
+    assert issuer.requests == 1
 
 
 async def test_requests_needing_a_fetch_share_the_one_in_flight(issuer, authenticator, known):
@@ -423,8 +345,8 @@ async def test_concurrent_connects_share_one_slow_fetch_bounded_by_its_timeout(
 
 
 @pytest.fixture(scope="module")
-def module_issuer(known) -> Iterator[Issuer]:
-    server = Issuer([known, ec_key("ec-1")])
+def module_issuer(known) -> Iterator[JwksServer]:
+    server = JwksServer([known, ec_key("ec-1")])
     yield server
     server.close()
 

@@ -8,8 +8,12 @@ instrumentation off, opens some warm-up streams, switches instrumentation on,
 opens ``--connects`` more, each with its own token (``--concurrency`` at a
 time, each read up to its ``event: ready``), and prints the server's user-space
 instructions per connect.  Kernel work (accept, reads, writes) is not counted.
+``--fanout STREAMS`` counts single CloudEvents delivered to that many streams of
+one user instead, and ``--bulk USERS`` bulk deliveries of ``--batch`` entries,
+each entry to the next of that many users (one stream each).
 
     PYTHONPATH=src .venv/bin/python benchmarks/instructions.py --connects 300
+    PYTHONPATH=src .venv/bin/python benchmarks/instructions.py --bulk 200 --events 2000
     PYTHONPATH=/tmp/old/src .venv/bin/python benchmarks/instructions.py SSE_ACCESS_LOG=false
 
 Needs ``valgrind`` (Debian package) and takes about a minute.
@@ -113,6 +117,35 @@ async def _fanout(pid: int, port: int, token: str, streams: int, events: int) ->
     writer.close()
 
 
+async def _bulk(pid: int, port: int, tokens: list[str], events: int, batch: int) -> None:
+    """Bulk deliveries of ``batch`` entries, each entry for the next user in turn."""
+    await _listening(port)
+    opened = asyncio.Event()
+    count = [len(tokens)]
+    per_user = events // len(tokens)
+    readers = [asyncio.create_task(_read_events(port, token, per_user, opened, count))
+               for token in tokens]
+    await asyncio.wait_for(opened.wait(), 60)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+    for first in range(0, events, batch):
+        entries = b",".join(
+            loadgen._ENTRY % (seq, loadgen.cloudevent(f"user-{seq % len(tokens)}".encode(),
+                                                      seq, f"evt-{seq}".encode(), 0))
+            for seq in range(first, min(first + batch, events)))
+        body = loadgen._BULK % (entries, b"bulk-%d" % first)
+        writer.write(b"POST /task-updates HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\npubsubname: taskpubsub\r\ncontent-length: %d"
+                     b"\r\n\r\n" % len(body) + body)
+        answer = b""
+        while answer.count(b"SUCCESS") < min(batch, events - first):
+            answer += await asyncio.wait_for(reader.read(65536), 30)
+    await asyncio.wait_for(asyncio.gather(*readers), 120)
+    subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    writer.close()
+
+
 async def _drive(pid: int, port: int, tokens: list[str], concurrency: int) -> None:
     await _listening(port)
     keep = [await _open(port, token) for token in tokens[:WARMUP]]
@@ -136,7 +169,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--fanout", type=int, metavar="STREAMS",
                         help="count deliveries to this many streams of one user instead")
-    parser.add_argument("--events", type=int, default=300, help="events delivered (--fanout)")
+    parser.add_argument("--bulk", type=int, metavar="USERS",
+                        help="count bulk deliveries to one stream each of this many users")
+    parser.add_argument("--batch", type=int, default=50, help="entries per bulk (--bulk)")
+    parser.add_argument("--events", type=int, default=300,
+                        help="events delivered (--fanout, --bulk)")
     parser.add_argument("settings", nargs="*", help="extra NAME=value settings for the server")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -159,7 +196,11 @@ def main() -> int:
              "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            if args.fanout:
+            if args.bulk:
+                users = [jwt.encode({"sub": f"user-{i}", "iat": now, "exp": now + 3600},
+                                    SECRET, "HS256") for i in range(args.bulk)]
+                asyncio.run(_bulk(server.pid, port, users, args.events, args.batch))
+            elif args.fanout:
                 fan = jwt.encode({"sub": "fan", "iat": now, "exp": now + 3600}, SECRET, "HS256")
                 asyncio.run(_fanout(server.pid, port, fan, args.fanout, args.events))
             else:
@@ -172,7 +213,11 @@ def main() -> int:
         for line in dump.read_text().splitlines():
             if line.startswith(("summary:", "totals:")):
                 total = max(total, int(line.split()[1]))
-    if args.fanout:
+    if args.bulk:
+        print(f"{total / args.events:,.0f} server instructions per event in bulk deliveries "
+              f"of {args.batch} to {args.bulk} users, one stream each ({args.events} events; "
+              f"files in {out})")
+    elif args.fanout:
         print(f"{total / args.events:,.0f} server instructions per event delivered to "
               f"{args.fanout} streams ({total / args.events / args.fanout:,.0f} per frame; "
               f"{args.events} single deliveries; files in {out})")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_service.jsondecode import loads
+from sse_service.jsondecode import NonFinite, loads
 
 _values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -60,3 +60,16 @@ def test_a_byte_order_mark_is_skipped_and_lone_surrogates_pass_as_json_loads_pas
 def test_nesting_beyond_the_interpreter_limit_is_a_recursion_error() -> None:
     with pytest.raises(RecursionError):
         loads(b"[" * 100_000 + b"]" * 100_000)
+
+
+@pytest.mark.parametrize("text", [b"NaN", b"[Infinity]", b'{"a": -Infinity}', b"1e400", b"-2e308"])
+def test_numbers_strict_json_cannot_carry_are_marked_non_finite(text: bytes) -> None:
+    value = loads(text)
+    number = value if isinstance(value, float) else next(iter(
+        value.values() if isinstance(value, dict) else value))
+    assert isinstance(number, NonFinite) and not math.isfinite(number)
+    assert json.dumps(number) == json.dumps(float(number))  # still the same float
+
+
+def test_finite_floats_stay_plain_floats() -> None:
+    assert type(loads(b"[1.5, 1e300, -0.0]")[1]) is float

@@ -65,7 +65,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import BackendUnavailable
 
@@ -79,25 +79,26 @@ def new_epoch() -> str:
     return secrets.token_hex(5)
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Position:
+# Named tuples rather than frozen dataclasses for what is made once per event:
+# a frozen dataclass sets each field through object.__setattr__.  Tuple order is
+# the order a dataclass with ``order=True`` would have: epoch, then offset.
+class Position(NamedTuple):
     epoch: str
     offset: int
 
     def __str__(self) -> str:
         return f"{self.epoch}-{self.offset}"
 
-    @classmethod
-    def parse(cls, text: str) -> Position | None:
+    @staticmethod
+    def parse(text: str) -> Position | None:
         """Parse a client-supplied id; ``None`` when it is not one of ours."""
         match = _POSITION.match(text.strip())
         if match is None:
             return None
-        return cls(match.group(1), int(match.group(2)))
+        return Position(match.group(1), int(match.group(2)))
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One stored event: ``data`` is the client-facing JSON line."""
 
     user_id: str
@@ -110,8 +111,7 @@ class Record:
         return Position(self.epoch, self.offset)
 
 
-@dataclass(frozen=True, slots=True)
-class Appended:
+class Appended(NamedTuple):
     record: Record
     duplicate: bool = False
 

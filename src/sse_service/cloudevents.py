@@ -28,6 +28,7 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import EventError
 from .events import shown
@@ -40,8 +41,7 @@ __all__ = ["Bulk", "Envelope", "Unreadable", "dedupe_key", "event_name", "is_bul
 _MAX_KEY_CHARS = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     cloudevent_id: str | None
     payload: object
     source: str = ""

@@ -11,7 +11,6 @@ token (``APP_API_TOKEN``) when one is configured.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,8 +22,9 @@ from starlette.types import Receive, Scope, Send
 
 from .bodies import declared_length, read_body
 from .config import Settings
+from .deliveries import Reply
 from .errors import EventError
-from .ingest import ROUTE, Ingest, Reply
+from .ingest import ROUTE, Ingest
 
 __all__ = ["DeliveryEndpoint", "dapr_router", "subscription"]
 
@@ -96,13 +96,13 @@ class DeliveryEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
-            await _send_json(send, 405, {"detail": "use POST"}, [(b"allow", b"POST")])
+            await _send_json(send, 405, b'{"detail":"use POST"}', [(b"allow", b"POST")])
             return
         # All of them: daprd passes a single delivery's broker metadata (Kafka
         # topic, partition, offset) as headers, and dedupe may need it.
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if self._denied(headers.get("dapr-api-token")):
-            await _send_json(send, 401, _DENIED)
+            await _send_json(send, 401, Reply(_DENIED).body())
             return
         try:
             body = await read_body(receive, headers.get("content-length"), self._limit)
@@ -113,12 +113,11 @@ class DeliveryEndpoint:
             reply = self._ingest.refuse(headers, exc.reason)
         else:
             reply = await self._ingest.handle(body, headers)
-        await _send_json(send, reply.status_code, reply.content)
+        await _send_json(send, reply.status_code, reply.body())
 
 
-async def _send_json(send: Send, status: int, content: object,
+async def _send_json(send: Send, status: int, payload: bytes,
                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = json.dumps(content, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", b"%d" % len(payload)), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})

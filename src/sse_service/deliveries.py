@@ -1,4 +1,4 @@
-"""Decoding a Dapr delivery body that may be poisoned (pure, no I/O).
+"""A Dapr delivery's body decoded, though it may be poisoned, and the reply encoded (pure, no I/O).
 
 :func:`decode_delivery` parses a delivery.  When Python's parser refuses a
 bulk as a whole (an entry nested deeper than it recurses, an integer longer
@@ -12,13 +12,30 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
 
 from .cloudevents import Unreadable, is_bulk
 from .errors import EventError
-from .jsondecode import loads
+from .jsondecode import DECODER, loads
 
-__all__ = ["decode_delivery"]
+__all__ = ["Reply", "decode_delivery"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer daprd reads: a JSON object and its HTTP status."""
+
+    content: dict[str, Any]
+    status_code: int = 200
+
+    def body(self) -> bytes:
+        try:
+            return orjson.dumps(self.content)
+        except TypeError:  # a lone surrogate in an entryId: the stdlib encoder escapes it
+            return json.dumps(self.content, separators=(",", ":")).encode()
 
 
 def decode_delivery(body: bytes) -> object:
@@ -43,7 +60,6 @@ _STRING = r'"(?:[^"\\]|\\.)*"'
 # Outside strings: runs without closers (openers counted in bulk), runs of closers.
 _TOKENS = re.compile(_STRING + r'|[^"\]}]+|[\]}]+')
 _SCALAR = re.compile(_STRING + r"|[-+0-9.eE]+|true|false|null|NaN|-?Infinity")
-_DECODER = json.JSONDecoder()
 _T = TypeVar("_T")
 #: Tokens scanned to skip one unreadable value (some milliseconds); a deep
 #: event of a realistic size needs a handful, as runs of brackets are one token.
@@ -103,7 +119,7 @@ class _Walker:
     def _value(self) -> object:
         self._skip_space()
         try:
-            value, self._pos = _DECODER.raw_decode(self._text, self._pos)
+            value, self._pos = DECODER.raw_decode(self._text, self._pos)
             return value
         except RecursionError:
             reason = "nested too deeply"

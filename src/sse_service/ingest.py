@@ -24,20 +24,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 from .broker import Appended, Broker
 from .cloudevents import dedupe_key, event_name, read_bulk, traceparent, unwrap
 from .config import Settings
-from .deliveries import decode_delivery
+from .deliveries import Reply, decode_delivery
 from .errors import BackendUnavailable, DaprStatus, EventError
 from .events import is_revocation, parse_revocation, parse_task_event
 from .logs import escape
 from .logs_json import trace_id
 from .metrics import Metrics
 
-__all__ = ["ROUTE", "Ingest", "Reply"]
+__all__ = ["ROUTE", "Ingest"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +47,7 @@ _NAME_CHARS = 64
 _Delivery = tuple[object, Mapping[str, object]]
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """The answer daprd reads: a JSON object and its HTTP status."""
-
-    content: dict[str, Any]
-    status_code: int = 200
-
-
-@dataclass(frozen=True, slots=True)
-class _Ready:
+class _Ready(NamedTuple):
     """A delivery that passed validation: what to append, and its name for logs."""
 
     user_id: str

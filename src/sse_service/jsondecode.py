@@ -11,22 +11,48 @@ requires it between systems; a leading byte order mark is skipped, as
 Errors are :class:`json.JSONDecodeError` (a ``ValueError``) for text that is
 not JSON, ``UnicodeDecodeError`` (also a ``ValueError``) for bytes that are not
 UTF-8, and ``RecursionError`` for nesting deeper than the interpreter's limit,
-as with :func:`json.loads`.  Like it, ``NaN`` and ``Infinity`` are read as
-floats: what reaches a client is re-encoded strictly elsewhere.
+as with :func:`json.loads`.  Like it, ``NaN`` and ``Infinity`` (and numbers
+beyond a double's range) are read as floats, but as :class:`NonFinite` floats,
+so an encoder that does not check each float's value can refuse them by type:
+orjson (:mod:`.events`) would write them as ``null``.
+
+orjson's parser is not used: it reads integers beyond 64 bits as floats,
+silently, and telling such text apart first costs more than it saves.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from json.scanner import make_scanner
 from typing import Any
 
-__all__ = ["loads"]
+__all__ = ["DECODER", "NonFinite", "loads"]
 
+
+class NonFinite(float):
+    """``NaN``, ``Infinity``, ``-Infinity`` or a number too large for a double,
+    as the stdlib parser reads it: still a float, marked as none that strict
+    JSON may carry."""
+
+    __slots__ = ()
+
+
+def _constant(name: str) -> NonFinite:
+    return NonFinite(name)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    return value if math.isfinite(value) else NonFinite(value)
+
+
+#: The stdlib decoder with non-finite numbers marked (for ``raw_decode``).
+DECODER = json.JSONDecoder(parse_float=_float, parse_constant=_constant)
 # The decoder's C scanner: value and end offset of the JSON value at an offset.
 _SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(  # typeshed: the C type, not its arg
-    json.JSONDecoder()  # type: ignore[arg-type]
+    DECODER  # type: ignore[arg-type]
 )
 _WHITESPACE = " \t\n\r"
 _BOM = b"\xef\xbb\xbf"

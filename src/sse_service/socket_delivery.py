@@ -16,7 +16,6 @@ answered at once; a chunked body is no longer kept past it) and the ingest.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
 from .dapr_routes import DeliveryEndpoint
-from .ingest import Reply
+from .deliveries import Reply
 
 if TYPE_CHECKING:
     from .protocol import BoundedHttpProtocol
@@ -119,7 +118,7 @@ class SocketDelivery:
         status = content.get("status") if len(content) == 1 else None
         payload = _SINGLE.get(status) if isinstance(status, str) else None
         if payload is None:
-            payload = json.dumps(content, separators=(",", ":")).encode()
+            payload = reply.body()
         head = [b"HTTP/1.1 %d %s\r\n" % (reply.status_code, _STATUS.get(reply.status_code, b""))]
         for name, value in default_headers:
             head += [name, b": ", value, b"\r\n"]

@@ -73,3 +73,23 @@ def test_numbers_strict_json_cannot_carry_are_marked_non_finite(text: bytes) -> 
 
 def test_finite_floats_stay_plain_floats() -> None:
     assert type(loads(b"[1.5, 1e300, -0.0]")[1]) is float
+
+
+@pytest.mark.parametrize("text", [
+    b"12345678901234567890123", b"-12345678901234567890123", b" 98765432109876543210",
+    b'{"a":123456789012345678901}', b'{"a": -123456789012345678901}', b"[1,\n 99999999999999999999]",
+    b'{"n":18446744073709551616}', b'{"n":-9223372036854775809}', b'{"n":9223372036854775807}',
+    b'{"s":"00-00000000000000000000000000000000-0000000000000000-00","n":1}',
+    b'{"f":1.5e-400,"g":2.5e308,"h":-0.0,"i":-0,"j":1E5,"k":0.1}',
+])
+def test_integers_beyond_64_bits_and_edge_numbers_read_exactly(text: bytes) -> None:
+    expected = json.loads(text)
+    actual = loads(text)
+    assert actual == expected and repr(actual) == repr(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers() | st.floats(allow_nan=False, allow_infinity=False), max_size=6))
+def test_numbers_keep_their_type_and_value(numbers: list[object]) -> None:
+    text = json.dumps({"n": numbers}).encode()
+    assert repr(loads(text)) == repr(json.loads(text))

@@ -29,6 +29,7 @@ from sse_service.log_setup import (
     ACCESS_FORMAT,
     LoopFlushedHandler,
     TextLines,
+    access_line,
     lighten_records,
     log_config,
 )
@@ -661,3 +662,55 @@ def test_an_access_line_written_out_is_the_access_format_rendered(status: object
     general = TextLines(ACCESS_FORMAT.replace(" INFO ", " %(levelname)s "))
     assert TextLines(ACCESS_FORMAT).format(record) == general.format(record)
     assert '"GET /events?lastEventId=abc HTTP/1.1"' in general.format(record)
+
+
+@pytest.fixture
+def access_logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """uvicorn's access logger set up as log_config sets it up for text, into a buffer."""
+    logger = logging.getLogger("uvicorn.access")
+    saved = logger.handlers, logger.filters, logger.propagate, logger.level
+    out = io.StringIO()
+    handler = LoopFlushedHandler(out)
+    handler.setFormatter(TextLines(ACCESS_FORMAT))
+    handler.addFilter(SafeRecords())
+    logger.handlers, logger.filters, logger.propagate = [handler], [], False
+    logger.setLevel(logging.INFO)
+    yield logger, out
+    logger.handlers, logger.filters, logger.propagate, logger.level = saved
+
+
+_NASTY_TARGETS = [
+    "/events",
+    "/events?token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl&lastEventId=ab-1",
+    "/events?x=1\r\n2026-01-01 00:00:00,000 INFO access: forged",
+    "/events?" + "a" * 5000,
+]
+
+
+@pytest.mark.parametrize("target", _NASTY_TARGETS, ids=["plain", "token", "crlf", "long"])
+def test_the_direct_access_line_is_the_line_a_record_would_give(access_logger, target):
+    logger, out = access_logger
+    access_line(logger, "127.0.0.1:5000", "GET", target, "1.1", 401)
+    direct = out.getvalue()
+    out.seek(0), out.truncate()
+    # A filter of the logger's own sends the line the way of a record instead.
+    logger.addFilter(lambda record: True)
+    access_line(logger, "127.0.0.1:5000", "GET", target, "1.1", 401)
+    via_record = out.getvalue()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+    assert direct.count("\n") == via_record.count("\n") == 1
+    assert stamp.match(direct) and stamp.sub("", direct) == stamp.sub("", via_record)
+    assert stamp.sub("", direct).startswith('INFO access: 127.0.0.1:5000 "GET /events')
+    assert "c2lnbmF0dXJl" not in direct and "forged\n" not in direct
+    assert len(direct) < MAX_ARG_CHARS + 200
+
+
+def test_any_other_access_set_up_gets_a_record(access_logger):
+    logger, out = access_logger
+    records: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(collector)
+    access_line(logger, "10.0.0.1:1", "GET", "/events", "1.1", 200)
+    assert [r.args for r in records] == [("10.0.0.1:1", "GET", "/events", "1.1", 200)]
+    assert '"GET /events HTTP/1.1" 200 OK' in out.getvalue()

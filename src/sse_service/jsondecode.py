@@ -1,12 +1,19 @@
 """JSON text to Python values, for the hot paths (a token per connect, a body per delivery).
 
 :func:`loads` accepts exactly what :func:`json.loads` accepts for UTF-8 input
-and returns the same values, at a third of the cost for the small documents
-these paths see: :func:`json.loads` given bytes first sniffs the encoding
-(UTF-16 and UTF-32 included) and then scans the text for whitespace with a
-regular expression on both ends; here the text is UTF-8 (RFC 8259 section 8.1
-requires it between systems; a leading byte order mark is skipped, as
-:func:`json.loads` skips it) and goes straight to the C scanner.
+and returns the same values, faster:
+
+* text is read by orjson, about two and a half times faster than the stdlib
+  parser, where orjson gives the same values: orjson refuses what strict JSON
+  refuses (``NaN``, ``Infinity``, numbers beyond a double, lone surrogates, a
+  byte order mark, nesting past 1024) and reads integers beyond 64 bits as
+  floats, so text it refuses, and text that may hold such an integer (a run of
+  19 digits after ``:``, ``,``, ``[`` or whitespace, found by one translation
+  and two searches), is read by the stdlib parser instead;
+* the stdlib parser is called as :func:`json.loads` calls it for a string,
+  without the encoding sniffing (UTF-16 and UTF-32 included) it does for bytes:
+  the text is UTF-8 (RFC 8259 section 8.1 requires it between systems; a
+  leading byte order mark is skipped, as :func:`json.loads` skips it).
 
 Errors are :class:`json.JSONDecodeError` (a ``ValueError``) for text that is
 not JSON, ``UnicodeDecodeError`` (also a ``ValueError``) for bytes that are not
@@ -15,9 +22,6 @@ as with :func:`json.loads`.  Like it, ``NaN`` and ``Infinity`` (and numbers
 beyond a double's range) are read as floats, but as :class:`NonFinite` floats,
 so an encoder that does not check each float's value can refuse them by type:
 orjson (:mod:`.events`) would write them as ``null``.
-
-orjson's parser is not used: it reads integers beyond 64 bits as floats,
-silently, and telling such text apart first costs more than it saves.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import math
 from collections.abc import Callable
 from json.scanner import make_scanner
 from typing import Any
+
+import orjson
 
 __all__ = ["DECODER", "NonFinite", "loads"]
 
@@ -56,11 +62,28 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(  # typeshed: the C 
 )
 _WHITESPACE = " \t\n\r"
 _BOM = b"\xef\xbb\xbf"
+# Digits become "0", what may come right before a number becomes "X": an
+# integer orjson would read as a float shows as one of the runs below.
+_DIGITS = bytes.maketrans(b"0123456789:,[ \t\n\r", b"0000000000XXXXXXX")
+_LONG = b"0" * 19
+_LONG_AFTER, _LONG_NEGATIVE_AFTER = b"X" + _LONG, b"X-" + _LONG
+
+
+def _exact_in_orjson(data: bytes) -> bool:
+    """Whether no integer in ``data`` may lie beyond 64 bits (a cheap, safe answer)."""
+    marked = data.translate(_DIGITS)
+    return (_LONG_AFTER not in marked and _LONG_NEGATIVE_AFTER not in marked
+            and not marked.startswith((_LONG, b"-" + _LONG)))
 
 
 def loads(data: bytes | str) -> Any:
     """The value of one JSON text; see the module docstring for the errors."""
     if isinstance(data, bytes):
+        if _exact_in_orjson(data):
+            try:
+                return orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass  # what the stdlib parser reads (or refuses) is the answer
         if data.startswith(_BOM):
             data = data[3:]
         # As json.loads decodes bytes: a UTF-8 encoded lone surrogate passes,

@@ -9,7 +9,7 @@ its public ``http=`` hook and adds, per connection:
 * a head budget (``SSE_MAX_HEADER_BYTES``): bytes of request line and headers
   are counted as they arrive, before the parser buffers them; past the budget
   the client gets ``431`` and the connection is closed;
-* a head deadline (``SSE_HEADER_TIMEOUT_SECONDS``): from the connection's first
+* a head deadline (``SSE_HEADERTIMED_OUT_SECONDS``): from the connection's first
   moment, and from the first byte of every later request on it, the whole head
   must arrive in time or the connection gets ``408`` and is closed;
 * the transport, offered to the application in the ASGI scope under
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 ROUTE_BYTES = ROUTE.encode()
 
-__all__ = ["BoundedHttpProtocol", "bounded_protocol"]
+__all__ = ["TIMED_OUT", "TOO_LARGE", "BoundedHttpProtocol", "bounded_protocol"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def _plain(status: bytes, text: bytes) -> bytes:
     return head % (status, len(text)) + b"connection: close\r\n\r\n" + text
 
 
-_TOO_LARGE = _plain(b"431 Request Header Fields Too Large", b"request header fields too large")
-_TIMEOUT = _plain(b"408 Request Timeout", b"request head not received in time")
+TOO_LARGE = _plain(b"431 Request Header Fields Too Large", b"request header fields too large")
+TIMED_OUT = _plain(b"408 Request Timeout", b"request head not received in time")
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
@@ -108,7 +108,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # The parser buffers an unfinished head: stop it one read past the budget
         # (a read is at most a few hundred KiB), not at whatever the client sends.
         if self._in_head and self._head_bytes > self.max_head_bytes and not self._refused:
-            self._refuse(_TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
+            self._refuse(TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
 
     # -- parser callbacks ------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -128,7 +128,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # Counted here, not per callback: catches a long head that came in one read with others.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_head_bytes:
-            self._refuse(_TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
+            self._refuse(TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
             return
         if self.stream_endpoint is not None and self._take_over():
             return
@@ -217,7 +217,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return
         if self._head_bytes == 0 and self.cycle is not None:
             return  # idle between requests: uvicorn's keep-alive timeout applies
-        self._refuse(_TIMEOUT, "request head not received within %.1fs", self.head_timeout)
+        self._refuse(TIMED_OUT, "request head not received within %.1fs", self.head_timeout)
 
     def _refuse(self, response: bytes, reason: str, arg: float) -> None:
         self._refused = True

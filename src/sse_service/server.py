@@ -8,8 +8,10 @@ drain, a third stops at once.  A signal is the way this process is meant to
 end, so after a clean shutdown it exits 0 (uvicorn would raise the signal
 again, turning SIGTERM into exit status -15 and Ctrl+C into a traceback).
 
-Connections are served by :class:`~sse_service.protocol.BoundedHttpProtocol`
-(uvicorn's httptools protocol with bounded request heads).
+Connections are first served by :class:`~sse_service.stream_protocol.StreamProtocol`,
+which serves stream requests itself and hands every other connection to
+:class:`~sse_service.protocol.BoundedHttpProtocol` (uvicorn's httptools protocol
+with bounded request heads); with ``SSE_STREAM_PATH=asgi``, by the latter alone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .app import Application
 from .config import Settings
 from .log_setup import lighten_records, log_config
 from .protocol import bounded_protocol
+from .stream_protocol import stream_protocol
 
 __all__ = ["DrainingServer", "serve"]
 
@@ -73,14 +76,17 @@ def serve(settings: Settings) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     lighten_records()
+    if settings.stream_path == "socket":
+        http: type[asyncio.Protocol] = stream_protocol(
+            bounded_protocol(settings, app.stream, app.deliveries), app.stream)
+    else:
+        http = bounded_protocol(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=bounded_protocol(settings, *(
-            (app.stream, app.deliveries) if settings.stream_path == "socket" else ()
-        )),
+        http=http,
         ws="none",
         lifespan="on",
         log_config=log_config(settings.log_level, settings.log_format),

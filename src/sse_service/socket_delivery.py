@@ -25,6 +25,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
 from .dapr_routes import DeliveryEndpoint
 from .deliveries import Reply
+from .log_setup import access_line
 
 if TYPE_CHECKING:
     from .protocol import BoundedHttpProtocol
@@ -130,11 +131,9 @@ class SocketDelivery:
 
     def log(self, protocol: BoundedHttpProtocol, status: int) -> None:
         if protocol.access_log:
-            client = f"{protocol.client[0]}:{protocol.client[1]}" if protocol.client else "-"
-            # The same line, with the same arguments, as uvicorn's own access log.
-            protocol.access_logger.info('%s - "%s %s HTTP/%s" %d', client, "POST",
-                                        self._target.decode("latin-1"), self._http_version,
-                                        status)
+            peer = protocol.client
+            access_line(protocol.access_logger, f"{peer[0]}:{peer[1]}" if peer else "-", "POST",
+                        self._target.decode("latin-1"), self._http_version, status)
 
 
 class DeliveryQueue:

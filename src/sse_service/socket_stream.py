@@ -19,18 +19,17 @@ the stream without chunked framing, ended by the end of the connection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .connection import Connection
 from .errors import CloseReason
+from .log_setup import access_line
 from .outlet import SocketOutlet
 from .stream import STREAM_HEADERS, Response, StreamEndpoint
 
-if TYPE_CHECKING:
-    from .protocol import BoundedHttpProtocol
-
-__all__ = ["SocketStream", "StreamHeads"]
+__all__ = ["SocketStream", "StreamHeads", "StreamHost"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +82,40 @@ class StreamHeads:
         return head
 
 
+class _ServerState(Protocol):
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]: ...
+
+
+class StreamHost(Protocol):
+    """What a stream needs of the connection's protocol: :class:`~.stream_protocol.
+    StreamProtocol`, or :class:`~.protocol.BoundedHttpProtocol` for a stream
+    request that came behind another request."""
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+    @property
+    def server_state(self) -> _ServerState: ...
+    @property
+    def stream_heads(self) -> StreamHeads: ...
+    @property
+    def access_log(self) -> bool: ...
+    @property
+    def access_logger(self) -> logging.Logger: ...
+    @property
+    def client(self) -> tuple[str, int] | None: ...
+
+    def on_response_complete(self) -> None:
+        """The response is complete and the connection stays open for the next request."""
+
+
 class SocketStream:
     __slots__ = ("_protocol", "_endpoint", "_http_version", "conn", "response_complete",
                  "disconnected", "keep_alive", "more_body", "body")
 
     def __init__(
         self,
-        protocol: BoundedHttpProtocol,
+        protocol: StreamHost,
         endpoint: StreamEndpoint,
         http_version: str,
         keep_alive: bool,
@@ -192,9 +218,6 @@ class SocketStream:
         protocol = self._protocol
         if not protocol.access_log:
             return
-        client = f"{protocol.client[0]}:{protocol.client[1]}" if protocol.client else "-"
-        # The same line, with the same arguments, as uvicorn's own access log.
-        protocol.access_logger.info(
-            '%s - "%s %s HTTP/%s" %d', client, method, target.decode("latin-1"),
-            self._http_version, status,
-        )
+        peer = protocol.client
+        access_line(protocol.access_logger, f"{peer[0]}:{peer[1]}" if peer else "-", method,
+                    target.decode("latin-1"), self._http_version, status)

@@ -64,7 +64,6 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from .errors import BackendUnavailable
@@ -116,10 +115,9 @@ class Appended(NamedTuple):
     duplicate: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Replay:
+class Replay(NamedTuple):
     head: Position
-    records: list[Record] = field(default_factory=list)
+    records: Sequence[Record] = ()
     resync: str | None = None
     #: Tokens of the user issued before this unix time are refused (sign-out).
     revoked_before: float | None = None

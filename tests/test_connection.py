@@ -81,7 +81,7 @@ def test_replayed_history_does_not_count_against_the_limit():
 
 def test_mark_is_a_ready_event_carrying_the_position():
     conn = Connection("u", None, 10, 0.0)
-    conn.start(Replay(Position("e1", 7)))
+    conn.start(Replay(Position("e1", 7), []))
     decoder = Decoder()
     (ready,) = decoder.feed((conn.outlet.take() or b"").decode())
     assert (ready.event, ready.id, ready.data) == ("ready", "e1-7", '{"type":"ready"}')

@@ -417,7 +417,7 @@ def frames(conn: Connection) -> list[tuple[str, str]]:
 def live_in_new_epoch(*offsets: int) -> Connection:
     """A stream at old-5 that live records then moved into epoch "new"."""
     conn = Connection("u", None, 100, 0.0, after=Position("old", 5))
-    conn.start(Replay(Position("old", 5)))
+    conn.start(Replay(Position("old", 5), []))
     for offset in offsets:
         assert conn.offer(record(offset, "new"), frame(record(offset, "new")))
     return conn
@@ -427,7 +427,7 @@ def test_a_stale_catch_up_never_moves_a_stream_back_nor_resyncs_it_twice() -> No
     conn = live_in_new_epoch(1, 2)
     assert frames(conn) == [("resync", "new-0"), ("message", "new-1"), ("message", "new-2")]
     # The catch-up read from old-5 began before new-2 was appended.
-    conn.catch_up(Replay(Position("new", 1), resync=ResyncReason.UNKNOWN_EPOCH))
+    conn.catch_up(Replay(Position("new", 1), [], resync=ResyncReason.UNKNOWN_EPOCH))
     assert conn.outlet.take() is None and conn.position == Position("new", 2)
     assert conn.offer(record(3, "new"), frame(record(3, "new")))
     assert frames(conn) == [("message", "new-3")]
@@ -445,7 +445,7 @@ def test_a_stale_read_of_an_old_epoch_does_not_advance_the_new_one() -> None:
 
 def test_a_catch_up_into_a_new_epoch_resyncs_once_at_its_head() -> None:
     conn = live_in_new_epoch()
-    conn.catch_up(Replay(Position("new", 4), resync=ResyncReason.UNKNOWN_EPOCH))
+    conn.catch_up(Replay(Position("new", 4), [], resync=ResyncReason.UNKNOWN_EPOCH))
     assert frames(conn) == [("resync", "new-4")]
     assert conn.offer(record(4, "new"), frame(record(4, "new")))  # covered by the resync
     assert conn.offer(record(5, "new"), frame(record(5, "new")))
@@ -455,7 +455,7 @@ def test_a_catch_up_into_a_new_epoch_resyncs_once_at_its_head() -> None:
 def test_an_expired_catch_up_resyncs_without_moving_back() -> None:
     conn = live_in_new_epoch(1, 2, 3)
     conn.outlet.take()
-    conn.catch_up(Replay(Position("new", 2), resync=ResyncReason.EXPIRED))
+    conn.catch_up(Replay(Position("new", 2), [], resync=ResyncReason.EXPIRED))
     assert frames(conn) == [("resync", "new-3")]
     assert conn.position == Position("new", 3)
 

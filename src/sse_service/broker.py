@@ -117,7 +117,7 @@ class Appended(NamedTuple):
 
 class Replay(NamedTuple):
     head: Position
-    records: Sequence[Record] = ()
+    records: list[Record]
     resync: str | None = None
     #: Tokens of the user issued before this unix time are refused (sign-out).
     revoked_before: float | None = None

@@ -158,7 +158,7 @@ class RedisBroker:
         revoked = _text(reply[3])
         before = float(revoked) if revoked else None
         if resync is not None:
-            return Replay(head, resync=resync, revoked_before=before)
+            return Replay(head, [], resync=resync, revoked_before=before)
         records = [
             Record(user_id, epoch, int(bytes(reply[i]).partition(b"-")[0]), bytes(reply[i + 1]))
             for i in range(4, len(reply), 2)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from .broker import Position, Record, Replay
 from .errors import CloseReason, ResyncReason
@@ -213,7 +213,7 @@ class Connection:
         if on_close is not None:
             on_close(self)
 
-    def _put_history(self, records: Sequence[Record]) -> None:
+    def _put_history(self, records: list[Record]) -> None:
         if self.reason is not None or not records:
             return
         self.outlet.put_history([record_frame(r) for r in records])

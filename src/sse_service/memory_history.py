@@ -67,16 +67,17 @@ class History:
         :meth:`.broker.Broker.replay`); the history is trimmed already."""
         head = Position(self.epoch, self.head)
         if after is None:
-            return Replay(head, revoked_before=revoked_before)
+            return Replay(head, [], revoked_before=revoked_before)
         if after.epoch != self.epoch:
-            return Replay(head, resync=ResyncReason.UNKNOWN_EPOCH, revoked_before=revoked_before)
+            return Replay(head, [], resync=ResyncReason.UNKNOWN_EPOCH,
+                          revoked_before=revoked_before)
         if after.offset > self.head:
-            return Replay(head, resync=ResyncReason.UNKNOWN_POSITION,
+            return Replay(head, [], resync=ResyncReason.UNKNOWN_POSITION,
                           revoked_before=revoked_before)
         records = self.records or ()
         first = records[0][0].offset if records else self.head + 1
         if after.offset < first - 1:
-            return Replay(head, resync=ResyncReason.EXPIRED, revoked_before=revoked_before)
+            return Replay(head, [], resync=ResyncReason.EXPIRED, revoked_before=revoked_before)
         skip = after.offset - first + 1
         return Replay(head, [entry[0] for entry in itertools.islice(records, skip, None)],
                       revoked_before=revoked_before)

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
 
-from .eager import run_eagerly
 from .protocol import TIMED_OUT, TOO_LARGE, BoundedHttpProtocol
 from .socket_stream import SocketStream, StreamHeads
 from .stream import WANTED
@@ -142,7 +141,7 @@ class StreamProtocol(asyncio.Protocol):
             self._hand_over()
         elif self._opening is not None:
             opening, self._opening = self._opening, None
-            self._task = run_eagerly(self.loop, opening)
+            self._task = self.loop.create_task(opening)
         elif self.cycle is None and len(self._buffer) > self.max_head_bytes:
             # The parser keeps an unfinished head: stopped one read past the budget.
             self._refuse(TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
@@ -202,8 +201,7 @@ class StreamProtocol(asyncio.Protocol):
         target, self._url = self._url, b""
         headers, self._headers = self._headers, {}
         self._parser = None  # nothing reads this request's parse state again
-        # Started once the parser is done with this read (data_received), not
-        # from inside it: the stream may hand the connection over at once.
+        # Started once the parser is done with this read (data_received).
         self._opening = stream.run(method, headers, target, url.query or b"")
 
     def on_response_complete(self) -> None:

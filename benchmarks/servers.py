@@ -160,7 +160,10 @@ class Launcher:
         # that spreads a reconnect storm out (SSE_MAX_CONNECT_RATE).
         settings = {"SSE_MAX_CONNECTIONS": str(max(10_000, connections + 200)),
                     "SSE_MAX_CONNECTIONS_PER_USER": str(self.per_user + 10),
-                    "SSE_MAX_CONNECT_RATE": "1000000", **extra}
+                    "SSE_MAX_CONNECT_RATE": "1000000",
+                    # Each process serves its metrics, as in a pod; replicas on one
+                    # host need a port each.
+                    "SSE_METRICS_PORT": str(free_port()), **extra}
         if self.queue_size is not None:
             settings["SSE_QUEUE_SIZE"] = str(self.queue_size)
         argv = [sys.executable, "-m", "sse_service", "serve", "--host", LOOPBACK,

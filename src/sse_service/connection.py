@@ -122,7 +122,12 @@ class Connection:
         if record.offset != self.floor + 1:
             return False
         self.floor = record.offset
-        self._put(frame, framed)
+        # _put, written out: this line runs once per stream per event.
+        if self.reason is None:
+            if self.outlet.put(frame, framed):
+                self.active = True
+            else:
+                self._cut_slow()
         return True
 
     def catch_up(self, replay: Replay) -> None:
@@ -223,13 +228,16 @@ class Connection:
         if self.reason is not None:
             return
         if not self.outlet.put(frame, framed):
-            frames, unsent = self.outlet.backlog
-            logger.warning(
-                "disconnecting a stream of user %s: %s (%d frames, %d bytes unsent)",
-                escape(self.user_id), CloseReason.SLOW_CONSUMER, frames, unsent,
-                extra={"reason": CloseReason.SLOW_CONSUMER, "user_id": escape(self.user_id)},
-            )
-            self.close(CloseReason.SLOW_CONSUMER, flush=False)
+            self._cut_slow()
             return
         self.active = True
+
+    def _cut_slow(self) -> None:
+        frames, unsent = self.outlet.backlog
+        logger.warning(
+            "disconnecting a stream of user %s: %s (%d frames, %d bytes unsent)",
+            escape(self.user_id), CloseReason.SLOW_CONSUMER, frames, unsent,
+            extra={"reason": CloseReason.SLOW_CONSUMER, "user_id": escape(self.user_id)},
+        )
+        self.close(CloseReason.SLOW_CONSUMER, flush=False)
 

@@ -1,31 +1,25 @@
 """uvicorn's httptools protocol with the bounds a public endpoint needs.
 
-uvicorn's own protocol reads a request head for as long as a client cares to
-send it, and as large as it likes: one connection could hold hundreds of
-megabytes of header, and a few hundred slow ones (slowloris) hold their
-sockets for good.  :class:`BoundedHttpProtocol` is handed to uvicorn through
-its public ``http=`` hook and adds, per connection:
+uvicorn's own protocol reads a request head for as long as a client cares to send
+it, and as large as it likes: one connection could hold hundreds of megabytes of
+header, and a few hundred slow ones (slowloris) hold their sockets for good.
+:class:`BoundedHttpProtocol`, given to uvicorn's public ``http=`` hook, adds:
 
 * a head budget (``SSE_MAX_HEADER_BYTES``): bytes of request line and headers
   are counted as they arrive, before the parser buffers them; past the budget
   the client gets ``431`` and the connection is closed;
-* a head deadline (``SSE_HEADERTIMED_OUT_SECONDS``): from the connection's first
+* a head deadline (``SSE_HEADER_TIMEOUT_SECONDS``): from the connection's first
   moment, and from the first byte of every later request on it, the whole head
   must arrive in time or the connection gets ``408`` and is closed;
-* the transport, offered to the application in the ASGI scope under
-  ``scope["extensions"]["sse_service.transport"]``, so a stream on the ASGI
-  path can abort a client that stopped reading.
+* the transport, in the ASGI scope under ``scope["extensions"]["sse_service.transport"]``,
+  so a stream on the ASGI path can abort a client that stopped reading.
 
-With a stream endpoint bound (``sse-service serve`` with the default
-``SSE_STREAM_PATH=socket``), a ``GET /events`` that arrives on an otherwise
-idle connection is taken over at this level and served by
-:class:`~sse_service.socket_stream.SocketStream`; every other request, and a
-stream request pipelined behind another one, goes to uvicorn's request cycle
-and the application as usual.
-
-Everything else is uvicorn's, unchanged.  It relies on ``HttpToolsProtocol``'s
-parser callbacks: the uvicorn versions it runs on are pinned in ``pyproject.toml``
-and exercised by ``tests/test_protocol.py``.
+Under ``sse-service serve`` it serves what :mod:`.stream_protocol` hands it: a
+``GET /events`` idle on it is taken over and served by
+:class:`~sse_service.socket_stream.SocketStream`, deliveries by
+:mod:`.socket_delivery`; everything else is uvicorn's, unchanged.  It relies
+on ``HttpToolsProtocol``'s parser callbacks: the uvicorn versions it runs on
+are pinned in ``pyproject.toml`` and exercised by ``tests/test_protocol.py``.
 """
 
 from __future__ import annotations
@@ -49,7 +43,7 @@ if TYPE_CHECKING:
 
 ROUTE_BYTES = ROUTE.encode()
 
-__all__ = ["TIMED_OUT", "TOO_LARGE", "BoundedHttpProtocol", "bounded_protocol"]
+__all__ = ["TIMED_OUT", "TOO_LARGE", "BoundedHttpProtocol", "bounded_protocol", "refuse"]
 
 logger = logging.getLogger(__name__)
 
@@ -222,11 +216,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def _refuse(self, response: bytes, reason: str, arg: float) -> None:
         self._refused = True
         self._cancel_head_timer()
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
-        logger.info("closing connection from %s: " + reason, client, arg)
-        if not self.transport.is_closing():
-            self.transport.write(response)
-            self.transport.close()
+        refuse(self.transport, self.client, response, reason, arg)
+
+
+def refuse(transport: asyncio.Transport, client: tuple[str, int] | None, response: bytes,
+           reason: str, arg: float) -> None:
+    """Answer a head over its bounds with ``response`` and close (``reason`` % ``arg``, logged)."""
+    logger.info("closing connection from %s: " + reason,
+                f"{client[0]}:{client[1]}" if client else "unknown client", arg)
+    if not transport.is_closing():
+        transport.write(response)
+        transport.close()
 
 
 def bounded_protocol(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
 
-from .protocol import TIMED_OUT, TOO_LARGE, BoundedHttpProtocol
+from .protocol import TIMED_OUT, TOO_LARGE, BoundedHttpProtocol, refuse
 from .socket_stream import SocketStream, StreamHeads
 from .stream import WANTED
 
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from .stream import StreamEndpoint
 
 __all__ = ["StreamProtocol", "stream_protocol"]
-
-logger = logging.getLogger(__name__)
 
 #: Request lines this protocol reads on; any other is handed over at once.
 _STREAM_LINES = (b"GET /events", b"OPTIONS /events")
@@ -235,12 +233,7 @@ class StreamProtocol(asyncio.Protocol):
     def _refuse(self, response: bytes, reason: str, arg: float) -> None:
         self._cancel_timer()
         self._parser = None
-        client = self.client
-        logger.info("closing connection from %s: " + reason,
-                    f"{client[0]}:{client[1]}" if client else "unknown client", arg)
-        if not self.transport.is_closing():
-            self.transport.write(response)
-            self.transport.close()
+        refuse(self.transport, self.client, response, reason, arg)
 
 
 def stream_protocol(fallback: type[BoundedHttpProtocol],

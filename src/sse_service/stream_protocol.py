@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
@@ -74,7 +73,7 @@ class StreamProtocol(asyncio.Protocol):
 
     __slots__ = ("_config", "server_state", "_app_state", "loop", "transport", "cycle",
                  "_buffer", "_parser", "_url", "_headers", "_head_size", "_body",
-                 "_hand_over_now", "_opening", "_timer", "_task")
+                 "_hand_over_now", "_timer", "_task")
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -91,7 +90,6 @@ class StreamProtocol(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._url, self._head_size, self._body = b"", 0, False
         self._hand_over_now = False
-        self._opening: Coroutine[Any, Any, None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -137,9 +135,6 @@ class StreamProtocol(asyncio.Protocol):
             self._hand_over_now = self._hand_over_now or self.cycle is None
         if self._hand_over_now:
             self._hand_over()
-        elif self._opening is not None:
-            opening, self._opening = self._opening, None
-            self._task = self.loop.create_task(opening)
         elif self.cycle is None and len(self._buffer) > self.max_head_bytes:
             # The parser keeps an unfinished head: stopped one read past the budget.
             self._refuse(TOO_LARGE, "request head over %d bytes", self.max_head_bytes)
@@ -199,8 +194,7 @@ class StreamProtocol(asyncio.Protocol):
         target, self._url = self._url, b""
         headers, self._headers = self._headers, {}
         self._parser = None  # nothing reads this request's parse state again
-        # Started once the parser is done with this read (data_received).
-        self._opening = stream.run(method, headers, target, url.query or b"")
+        self._task = self.loop.create_task(stream.run(method, headers, target, url.query or b""))
 
     def on_response_complete(self) -> None:
         """The stream request is answered and the connection reusable: the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -59,3 +60,18 @@ def test_nesting_past_the_limit_is_refused_at_any_depth(depth: int) -> None:
     else:
         with pytest.raises(EventError, match="nested deeper"):
             _event(f'{{"t":{tree}}}')
+
+
+def test_a_line_takes_no_more_memory_than_its_bytes() -> None:
+    # Every history keeps its lines: orjson's result alone would keep the whole
+    # 4 KiB buffer it was written in, ten times what a 300-byte line needs.
+    event = parse_task_event(loads(b'{"event_type":"task.created","user_id":"7",'
+                                   b'"task":{"id":1,"title":"' + b"t" * 280 + b'"}}'))
+    tracemalloc.start()
+    try:
+        lines = [event.data() for _ in range(500)]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(lines[0]) < 400
+    assert held / len(lines) < len(lines[0]) + 100

@@ -714,3 +714,53 @@ def test_any_other_access_set_up_gets_a_record(access_logger):
     access_line(logger, "10.0.0.1:1", "GET", "/events", "1.1", 200)
     assert [r.args for r in records] == [("10.0.0.1:1", "GET", "/events", "1.1", 200)]
     assert '"GET /events HTTP/1.1" 200 OK' in out.getvalue()
+
+
+class _WriteCountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_the_lines_of_one_turn_reach_a_write_through_stream_in_one_write() -> None:
+    # PYTHONUNBUFFERED makes sys.stdout write through: a write there is a syscall.
+    stream = _WriteCountingStream()
+    logger = logging.getLogger(f"test.loopflushed.{id(stream)}")
+    logger.propagate = False
+    logger.addHandler(LoopFlushedHandler(stream))
+    logger.setLevel(logging.INFO)
+
+    async def turn() -> None:
+        for i in range(100):
+            logger.info("line %d", i)
+        assert stream.writes == 0
+        await asyncio.sleep(0)
+        assert stream.writes == 1
+        assert stream.getvalue().splitlines() == [f"line {i}" for i in range(100)]
+
+    asyncio.run(turn())
+    logger.info("outside")
+    assert stream.writes == 2 and stream.getvalue().endswith("line 99\noutside\n")
+
+
+def test_a_line_still_waiting_when_its_loop_is_gone_is_written_at_exit() -> None:
+    logger, stream = _counting_handler()
+    loop = asyncio.new_event_loop()
+
+    def log_and_stop() -> None:
+        logger.info("waits")
+        loop.stop()  # the loop ends with this turn: the write it scheduled never runs
+
+    try:
+        loop.call_soon(log_and_stop)
+        loop.run_forever()
+    finally:
+        loop.close()
+    assert stream.getvalue() == ""
+    handler, = logger.handlers
+    handler.flush()  # what logging.shutdown does at exit
+    assert stream.flushed == "waits\n"

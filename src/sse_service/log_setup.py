@@ -33,35 +33,53 @@ def lighten_records() -> None:
 
 
 class LoopFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that, inside a running event loop, flushes once at the
-    loop's next turn rather than after every record: under load one write
-    carries every line of a turn (an access line is a syscall otherwise), and
-    a line still leaves within the turn it was logged in.  Outside a loop (at
-    start-up, in other threads, at exit) it flushes at once, as logging's own."""
+    """A stream handler that, inside a running event loop, writes once at the
+    loop's next turn rather than once per record: under load one write carries
+    every line of a turn, and a line still leaves within the turn it was logged
+    in.  The lines wait here, not in the stream, so that holds for a stream
+    that writes through (``PYTHONUNBUFFERED``, as in the image), where each
+    line would be a syscall of its own.  Outside a loop (at start-up, in other
+    threads, at exit) a line is written and flushed at once, after any still
+    waiting, as logging's own handler would."""
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
+        self._lines: list[str] = []
         self._pending: asyncio.AbstractEventLoop | None = None
 
-    def flush(self) -> None:
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            super().flush()
-            return
-        if self._pending is loop:
-            return
-        self._pending = loop
-        loop.call_soon(self._flush_now)
+            self.write_line(self.format(record))
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
     def write_line(self, line: str) -> None:
         """``line`` written as :meth:`emit` writes a formatted record."""
         self.acquire()
         try:
-            self.stream.write(line + self.terminator)
-            self.flush()
+            lines = self._lines
+            lines.append(line + self.terminator)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is None or len(lines) >= _MAX_WAITING:
+                self._write_out()
+            elif self._pending is not loop:
+                self._pending = loop
+                loop.call_soon(self._flush_now)
         except Exception:
             self.handleError(logging.makeLogRecord({"msg": line}))
+        finally:
+            self.release()
+
+    def flush(self) -> None:
+        """Write what waits, now (logging calls this at exit)."""
+        self.acquire()
+        try:
+            self._write_out()
         finally:
             self.release()
 
@@ -69,9 +87,25 @@ class LoopFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.acquire()
         try:
             self._pending = None
-            super().flush()
+            self._write_out()
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": "writing log lines failed"}))
         finally:
             self.release()
+
+    def _write_out(self) -> None:
+        lines = self._lines
+        if lines:
+            text = lines[0] if len(lines) == 1 else "".join(lines)
+            lines.clear()
+            self.stream.write(text)
+        if self.stream and hasattr(self.stream, "flush"):
+            self.stream.flush()
+
+
+#: Lines a turn may leave waiting; more are written at once (a turn that logs
+#: this much gains nothing from waiting).
+_MAX_WAITING = 256
 
 
 #: The text format of a record, and of an access line (uvicorn's fields).

@@ -492,3 +492,14 @@ def test_only_reasons_a_live_client_can_get_become_close_events(reason):
     else:
         assert [(e.event, json.loads(e.data)) for e in events] == [
             ("close", {"type": "close", "reason": str(reason)})]
+
+
+@pytest.mark.parametrize("head", [Position("ab12", 0), Position("x" * 40, 2**40)])
+def test_the_ready_frame_is_the_encoded_ready_event(head: Position) -> None:
+    assert ready_frame(head) == encode('{"type":"ready"}', id=str(head), event="ready")
+
+
+@pytest.mark.parametrize("epoch", ["a\nevent: forged", "a\rb", "a\0b"])
+def test_a_ready_frame_refuses_an_epoch_that_would_break_its_line(epoch: str) -> None:
+    with pytest.raises(ValueError):
+        ready_frame(Position(epoch, 1))

@@ -171,3 +171,15 @@ def test_the_header_cache_is_bounded_and_never_keeps_a_refused_header() -> None:
         with pytest.raises(AuthError, match="malformed token"):
             tokens.parse(f"{refused}.{body}.{sig}", cache)
     assert refused not in cache._known
+
+
+@settings(max_examples=200, deadline=None)
+@given(algorithm=st.sampled_from(["HS256", "HS384", "HS512"]),
+       secret=st.one_of(st.binary(max_size=200), st.sampled_from([b"k" * 64, b"k" * 128])),
+       message=st.binary(max_size=300))
+def test_the_keyed_hmac_is_the_stdlib_hmac(algorithm: str, secret: bytes, message: bytes) -> None:
+    # Keys shorter than, as long as and longer than each hash's block.
+    digest = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}[algorithm]
+    keyed = tokens.keyed_hmac(algorithm, secret)
+    assert keyed.digest(message) == hmac.new(secret, message, digest).digest()
+    assert keyed.digest(message) == hmac.new(secret, message, digest).digest()  # reusable

@@ -14,7 +14,6 @@ of a matching type (:mod:`.jwks`), so an HS/RS confusion cannot verify.
 
 from __future__ import annotations
 
-import hmac
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -92,7 +91,7 @@ class Authenticator:
             raise ValueError("set SSE_JWT_SECRET (or BETTER_AUTH_SECRET) or SSE_JWKS_URL")
         self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self._secret_bytes = self._secret.encode() if self._secret is not None else b""
-        self._hmacs: dict[str, hmac.HMAC] = {}
+        self._hmacs: dict[str, tokens.KeyedHmac] = {}
         self._headers = tokens.HeaderCache()
         self._keys = KeySet(settings.jwks_url, settings.jwks_cache_seconds, http, clock) \
             if settings.jwks_url else None
@@ -127,7 +126,7 @@ class Authenticator:
         if self._keys is not None:
             await self._keys.close()
 
-    def _keyed(self, algorithm: str) -> hmac.HMAC:
+    def _keyed(self, algorithm: str) -> tokens.KeyedHmac:
         keyed = self._hmacs.get(algorithm)
         if keyed is None:
             if self._secret is None:

@@ -53,9 +53,16 @@ def resync_frame(head: Position, reason: str) -> bytes:
     return sse.encode(resync_data(reason), id=str(head), event="resync")
 
 
+_READY_TAIL = b"\nevent: ready\ndata: " + READY_DATA.encode() + b"\n\n"
+
+
 def ready_frame(head: Position) -> bytes:
     """Where a stream opened without a position starts (an id the browser keeps)."""
-    return sse.encode(READY_DATA, id=str(head), event="ready")
+    id = f"{head.epoch}-{head.offset}"
+    if "\n" in id or "\r" in id or "\0" in id:
+        return sse.encode(READY_DATA, id=id, event="ready")  # which refuses it
+    # sse.encode's bytes, written out: once per connect.
+    return b"id: " + id.encode() + _READY_TAIL
 
 
 #: Reasons only ever given to streams whose client is already gone.

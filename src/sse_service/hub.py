@@ -42,17 +42,13 @@ __all__ = ["Hub"]
 logger = logging.getLogger(__name__)
 
 
-def _loop_time() -> float:
-    return asyncio.get_running_loop().time()
-
-
 class Hub:
     def __init__(self, broker: Broker, settings: Settings, metrics: Metrics | None = None, *,
                  clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._broker = broker
         self.metrics = metrics or Metrics()
-        self.clock = clock or _loop_time
+        self.clock = clock or self._loop_time
         self._sleep = sleep
         self._keepalive = settings.keepalive_seconds
         self._period = min(1.0, self._keepalive / 4)
@@ -219,6 +215,12 @@ class Hub:
                     extra={"reason": CloseReason.REVOKED, "user_id": escape(user_id)})
 
     # -- internals -------------------------------------------------------------
+    def _loop_time(self) -> float:
+        # The first call, in the loop the hub serves: from then on, the
+        # loop's own clock, with no lookup of the running loop per call.
+        self.clock = asyncio.get_running_loop().time
+        return self.clock()
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)

@@ -14,7 +14,7 @@ import select
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -731,11 +731,18 @@ class _FlakyBroker(MemoryBroker):
         super().__init__(history_size=100, history_ttl_seconds=3600)
         self.failing = failing_key_part
 
-    async def append(self, user_id: str, key: str, data: bytes) -> Appended:
-        if self.failing and self.failing in key:
-            self.failing = ""
-            raise BackendUnavailable("redis is restarting")
-        return await super().append(user_id, key, data)
+    async def append_many(
+        self, items: Sequence[tuple[str, str, bytes]]
+    ) -> list[Appended | BackendUnavailable]:
+        # As the contract says: what comes before the failure is stored, and
+        # the failed item and every later one are reported failed.
+        for index, (_, key, _) in enumerate(items):
+            if self.failing and self.failing in key:
+                self.failing = ""
+                stored = await super().append_many(items[:index])
+                failed = BackendUnavailable("redis is restarting")
+                return [*stored, *[failed] * (len(items) - index)]
+        return await super().append_many(items)
 
 
 async def test_bulk_entries_after_a_retry_are_retried_to_keep_order() -> None:

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from .broker import Appended, Position, Replay, Sink, new_epoch
+from .broker import Appended, Position, Record, Replay, Sink, new_epoch
 from .errors import BackendUnavailable
 from .memory_history import History
 from .memory_revocations import MemoryRevocations
@@ -98,26 +98,22 @@ class MemoryBroker:
             await asyncio.gather(sweeper, return_exceptions=True)
 
     async def append(self, user_id: str, key: str, data: bytes) -> Appended:
-        now = self._clock()
-        history = self._history(user_id, now)
-        appended = history.add(user_id, key, data, now, self._size)
-        if appended.duplicate:
-            return appended
-        self._keep(user_id, history, now + self._ttl)
-        if self._sink is not None and user_id in self._subscribed:
-            self._sink.deliver(appended.record)
+        appended = self._store(user_id, key, data, self._clock())
+        if not appended.duplicate:
+            self._deliver(appended.record)
         return appended
 
     async def append_many(
         self, items: Sequence[tuple[str, str, bytes]]
     ) -> list[Appended | BackendUnavailable]:
-        results: list[Appended | BackendUnavailable] = []
-        for user_id, key, data in items:
-            try:
-                results.append(await self.append(user_id, key, data))
-            except BackendUnavailable as exc:
-                results.extend([exc] * (len(items) - len(results)))
-                break
+        # Stored first, then delivered: the batch's writes to the streams go out
+        # back to back, and a reader woken by the first finds the rest waiting.
+        now = self._clock()
+        results: list[Appended | BackendUnavailable] = [
+            self._store(user_id, key, data, now) for user_id, key, data in items]
+        for appended in results:
+            if isinstance(appended, Appended) and not appended.duplicate:
+                self._deliver(appended.record)
         return results
 
     async def replay(self, user_id: str, after: Position | None) -> Replay:
@@ -148,6 +144,17 @@ class MemoryBroker:
     # -- internals -------------------------------------------------------------
     def _epoch_of(self, generation: int) -> str:
         return f"{self._base_epoch}g{generation:x}"
+
+    def _store(self, user_id: str, key: str, data: bytes, now: float) -> Appended:
+        history = self._history(user_id, now)
+        appended = history.add(user_id, key, data, now, self._size)
+        if not appended.duplicate:
+            self._keep(user_id, history, now + self._ttl)
+        return appended
+
+    def _deliver(self, record: Record) -> None:
+        if self._sink is not None and record.user_id in self._subscribed:
+            self._sink.deliver(record)
 
     def _history(self, user_id: str, now: float) -> History:
         history = self._users.get(user_id)

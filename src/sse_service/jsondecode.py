@@ -9,7 +9,7 @@ and returns the same values, faster:
   byte order mark, nesting past 1024) and reads integers beyond 64 bits as
   floats, so text it refuses, and text that may hold such an integer (a run of
   19 digits after ``:``, ``,``, ``[`` or whitespace, found by one translation
-  and two searches), is read by the stdlib parser instead;
+  and one search), is read by the stdlib parser instead;
 * the stdlib parser is called as :func:`json.loads` calls it for a string,
   without the encoding sniffing (UTF-16 and UTF-32 included) it does for bytes:
   the text is UTF-8 (RFC 8259 section 8.1 requires it between systems; a
@@ -62,18 +62,21 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(  # typeshed: the C 
 )
 _WHITESPACE = " \t\n\r"
 _BOM = b"\xef\xbb\xbf"
-# Digits become "0", what may come right before a number becomes "X": an
-# integer orjson would read as a float shows as one of the runs below.
-_DIGITS = bytes.maketrans(b"0123456789:,[ \t\n\r", b"0000000000XXXXXXX")
+# Digits (and "-") become "0", what may come right before a number becomes
+# "X": an integer orjson would read as a float shows as "X" and 19 "0"s, or
+# as 19 "0"s at the start.  So may a negative one of 18 digits, or a
+# string's "-" after a comma, which only sends the text to the stdlib
+# parser; an untraced traceparent ("00-" and 32 zeros) follows a quote, not
+# an "X".  One search, not one per sign.
+_DIGITS = bytes.maketrans(b"0123456789-:,[ \t\n\r", b"00000000000XXXXXXX")
 _LONG = b"0" * 19
-_LONG_AFTER, _LONG_NEGATIVE_AFTER = b"X" + _LONG, b"X-" + _LONG
+_LONG_AFTER = b"X" + _LONG
 
 
 def _exact_in_orjson(data: bytes) -> bool:
     """Whether no integer in ``data`` may lie beyond 64 bits (a cheap, safe answer)."""
     marked = data.translate(_DIGITS)
-    return (_LONG_AFTER not in marked and _LONG_NEGATIVE_AFTER not in marked
-            and not marked.startswith((_LONG, b"-" + _LONG)))
+    return _LONG_AFTER not in marked and not marked.startswith(_LONG)
 
 
 def loads(data: bytes | str) -> Any:

@@ -27,7 +27,7 @@ import base64
 import itertools
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -476,6 +476,11 @@ def test_no_delivery_gets_a_server_error_or_an_endless_retry_redis(redis_backed)
 class _DownBroker(MemoryBroker):
     async def append(self, user_id: str, key: str, data: bytes) -> Appended:
         raise BackendUnavailable("backend is down")
+
+    async def append_many(
+        self, items: Sequence[tuple[str, str, bytes]]
+    ) -> list[Appended | BackendUnavailable]:
+        return [BackendUnavailable("backend is down")] * len(items)
 
 
 def test_retry_only_while_the_backend_is_down_and_drops_still_drop():

@@ -115,6 +115,8 @@ def _is_cloudevent(value: object) -> bool:
 
 def is_unicode(text: str) -> bool:
     """True unless ``text`` holds a lone surrogate (which UTF-8 cannot encode)."""
+    if text.isascii():  # a flag of the string: no encoding, the usual answer
+        return True
     try:
         text.encode()
     except UnicodeEncodeError:

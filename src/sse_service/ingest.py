@@ -84,7 +84,8 @@ class Ingest:
                 for _ in range(bulk.skipped):
                     logger.warning("skipping a bulk entry without a usable entryId")
                 statuses, _ = await self.store(bulk.deliveries)
-                return Reply({"statuses": [{"entryId": i, "status": s.value}
+                # The members themselves: str values, with no enum lookup per entry.
+                return Reply({"statuses": [{"entryId": i, "status": s}
                                            for i, s in zip(bulk.entry_ids, statuses, strict=True)]})
             (status,), (reason,) = await self.store([(document, headers)])
             # The reason is for people (`sse-service publish` prints it); daprd reads the status.

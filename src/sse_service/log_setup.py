@@ -108,6 +108,9 @@ class LoopFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 _MAX_WAITING = 256
 
 
+#: ",000" to ",999": a stamp's milliseconds, formatted once.
+_MILLIS = tuple(f",{msecs:03d}" for msecs in range(1000))
+
 #: The text format of a record, and of an access line (uvicorn's fields).
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ACCESS_FORMAT = '%(asctime)s INFO access: %(client_addr)s "%(request_line)s" %(status_code)s'
@@ -134,7 +137,7 @@ class TextLines(logging.Formatter):
         if second != self._second:
             self._second = second
             self._stamp = time.strftime(self.default_time_format, self.converter(created))
-        return f"{self._stamp},{msecs:03d}"
+        return self._stamp + _MILLIS[msecs] if 0 <= msecs < 1000 else f"{self._stamp},{msecs:03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         args = record.args
@@ -186,10 +189,12 @@ def access_line(logger: logging.Logger, client: str, method: str, target: str,
         if (type(handler) is LoopFlushedHandler and type(formatter) is TextLines
                 and formatter._fmt == ACCESS_FORMAT and handler.level <= logging.INFO
                 and len(filters) == 1 and type(filters[0]) is SafeRecords):
-            args, _ = _clean_args((client, method, target, version, status))
+            # The method and version are the parser's (tokens it checked) and
+            # the status is an int: only the client and target need cleaning.
+            (peer, path), _ = _clean_args((client, target))
             now = time.time()
             stamp = formatter.stamp(now, int((now - int(now)) * 1000))
-            handler.write_line(formatter.access_line(stamp, *args))
+            handler.write_line(formatter.access_line(stamp, peer, method, path, version, status))
             return
     logger.info('%s - "%s %s HTTP/%s" %d', client, method, target, version, status)
 

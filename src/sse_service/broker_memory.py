@@ -111,9 +111,12 @@ class MemoryBroker:
         now = self._clock()
         results: list[Appended | BackendUnavailable] = [
             self._store(user_id, key, data, now) for user_id, key, data in items]
-        for appended in results:
-            if isinstance(appended, Appended) and not appended.duplicate:
-                self._deliver(appended.record)
+        sink, subscribed = self._sink, self._subscribed
+        if sink is not None:
+            for appended in results:
+                if (isinstance(appended, Appended) and not appended.duplicate
+                        and appended.record.user_id in subscribed):
+                    sink.deliver(appended.record)
         return results
 
     async def replay(self, user_id: str, after: Position | None) -> Replay:

@@ -173,5 +173,5 @@ def parse_task_event(payload: object) -> TaskEvent:
     task = payload.get("task")
     if not isinstance(task, dict):
         raise EventError("task must be a JSON object")
-    return TaskEvent(event_type=event_type, user_id=user_id, task=task)
+    return TaskEvent(event_type, user_id, task)
 

@@ -226,8 +226,8 @@ class Ingest:
             logger.log(level, "dropping CloudEvent %s: %s", escape(name, _NAME_CHARS), reason,
                        extra=_fields(name, DaprStatus.DROP, user, event, metadata, field))
             return reason
-        return _Ready(task_event.user_id, key, data, name,
-                      published=self._metrics.published_at(event))
+        return _Ready(task_event.user_id, key, data, name, None,
+                      self._metrics.published_at(event))
 
 
 def _fields(name: str, status: DaprStatus, user: str | None, event: object,

@@ -13,6 +13,7 @@ import json
 import select
 import socket
 import time
+import tracemalloc
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -1117,3 +1118,22 @@ def test_untrusted_values_cannot_forge_or_flood_log_lines(start_service):
     assert [line for line in lines if "evil-" in line and "\\r\\n2026-01-01" in line]
     longest = max(lines, key=len)
     assert len(longest) < 600, longest[:300]
+
+
+async def test_a_stored_event_holds_about_its_own_bytes_in_memory() -> None:
+    # A history keeps every event up to SSE_HISTORY_SIZE: what one holds beyond
+    # its line is multiplied by users times that size.
+    broker = MemoryBroker(history_size=1000, history_ttl_seconds=3600)
+    ingest = Ingest(broker, Settings(jwt_secret="s"))
+    payload = {"event_type": "task.updated", "user_id": "u", "task": {"id": 1, "title": "t" * 300}}
+    bodies = [cloudevent({**payload, "user_id": f"u{n % 20}"}, f"ce-{n}") for n in range(1000)]
+    tracemalloc.start()
+    try:
+        for body in bodies:
+            assert (await ingest.handle(body, DAPR_HEADERS)).content["status"] == "SUCCESS"
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    line = len(json.dumps({"type": "task_update", "event": "task.updated",
+                           "task": payload["task"]}, separators=(",", ":")))
+    assert held / len(bodies) < line + 600  # the line, its record, key and index entries

@@ -201,11 +201,13 @@ class Ingest:
 
     def _prepare(self, event: object, metadata: Mapping[str, object]) -> _Ready | str:
         """The event ready to append, or why it is dropped (logged, and escaped)."""
-        name = event_name(event)
+        # The CloudEvent id names it in logs; read from the raw event only when
+        # the envelope has none (or cannot be read).
+        name: str | None = None
         user: str | None = None
         try:
             envelope = unwrap(event)
-            name = envelope.cloudevent_id or name
+            name = envelope.cloudevent_id or event_name(event)
             if is_revocation(envelope.payload):
                 revocation = parse_revocation(envelope.payload, time.time())
                 return _Ready(revocation.user_id, "", b"", name, revocation.not_before)
@@ -217,6 +219,8 @@ class Ingest:
                                  f"SSE_MAX_EVENT_BYTES={self._max_bytes}")
             key = dedupe_key(envelope, metadata, data)
         except Exception as exc:
+            if name is None:
+                name = event_name(event)
             # Validation does no I/O: what fails here fails on every redelivery.
             if isinstance(exc, EventError):
                 level, reason, field = logging.WARNING, escape(exc.reason), exc.reason

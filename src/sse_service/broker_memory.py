@@ -149,7 +149,12 @@ class MemoryBroker:
         return f"{self._base_epoch}g{generation:x}"
 
     def _store(self, user_id: str, key: str, data: bytes, now: float) -> Appended:
-        history = self._history(user_id, now)
+        history = self._users.get(user_id)
+        if history is None:
+            history = self._history(user_id, now)
+        else:
+            # What _history does, but for the keep: a stored record keeps it longer.
+            history.trim(now - self._ttl)
         appended = history.add(user_id, key, data, now, self._size)
         if not appended.duplicate:
             self._keep(user_id, history, now + self._ttl)

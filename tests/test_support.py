@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from sse_service.sse import ServerSentEvent
-from support import Stream, aeventually, connect, eventually
+from support import Stream, aeventually, connect, eventually, free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -150,3 +150,10 @@ def test_a_missing_browser_skips_except_under_ci(tmp_path: Path, ci: str | None)
     else:
         # A collection error: the run stops there, and fails.
         assert done.returncode != 0 and "1 error" in done.stdout, done.stdout
+
+
+def test_free_port_never_hands_out_one_port_twice() -> None:
+    # A thousand bare binds here repeat a port a few dozen times; a service and its
+    # metrics listener once got the same one.
+    ports = [free_port() for _ in range(1000)]
+    assert len(set(ports)) == len(ports)

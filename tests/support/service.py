@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,10 +40,23 @@ __all__ = [
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
 
+_HANDED_OUT: deque[int] = deque(maxlen=4096)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now and that this process has not handed out lately.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first
+    socket is closed, so a service and its metrics listener could be handed one port.
+    """
+    for _ in range(64):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
+    raise RuntimeError("no fresh free port in 64 tries")
 
 
 def make_token(user: str, ttl: float = 3600, secret: str = SECRET, **claims: Any) -> str:

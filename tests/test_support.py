@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from sse_service.sse import ServerSentEvent
-from support import Stream, aeventually, connect, eventually, free_port
+from support import Stream, aeventually, connect, eventually, free_port, launch
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -157,3 +158,12 @@ def test_free_port_never_hands_out_one_port_twice() -> None:
     # metrics listener once got the same one.
     ports = [free_port() for _ in range(1000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_launch_says_when_its_port_was_taken_before_the_service_bound_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match="address already in use"):
+            launch(tmp_path, port)

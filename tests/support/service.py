@@ -138,7 +138,15 @@ def launch(tmp: Path, port: int | None = None, **settings: Any) -> Service:
     Settings are keyword arguments: ``keepalive_seconds=0.2`` sets
     ``SSE_KEEPALIVE_SECONDS``; upper-case names (``APP_API_TOKEN``) pass as they are.
     """
-    port = port or free_port()
+    if port is None:
+        # A port free a moment ago can be taken (a client's ephemeral port) before
+        # the service binds it: a fresh one then, a few times.
+        for _ in range(3):
+            try:
+                return launch(tmp, free_port(), **settings)
+            except _PortTaken:
+                continue
+        raise RuntimeError("three free ports in a row were taken before the service bound them")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("SSE_") and k not in ("APP_API_TOKEN", "BETTER_AUTH_SECRET")}
     env.update({"SSE_JWT_SECRET": SECRET, "SSE_LOG_LEVEL": "info",
@@ -154,10 +162,16 @@ def launch(tmp: Path, port: int | None = None, **settings: Any) -> Service:
     service = Service(f"http://127.0.0.1:{port}", port, process, log, env)
     try:
         wait_healthy(service.url, process, log)
-    except BaseException:
+    except BaseException as exc:
         service.stop(signal.SIGKILL)
+        if isinstance(exc, RuntimeError) and f"{port}): address already in use" in log.read_text():
+            raise _PortTaken(f"port {port}: address already in use") from exc
         raise
     return service
+
+
+class _PortTaken(RuntimeError):
+    """The service could not bind its listen port: something took it first."""
 
 
 @contextmanager

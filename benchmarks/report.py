@@ -39,6 +39,9 @@ class Row:
     target: str | None = None
     #: Whether the ours/other ratio columns mean anything for this row.
     ratio: bool = False
+    #: "min:x" / "max:x": the absolute goal for ours on one core at the full run's
+    #: sizes (docs/performance.md); None: no goal.
+    goal: str | None = None
 
 
 def _get(result: Any, path: Path) -> Any:
@@ -93,17 +96,19 @@ def rows(sizes: Sizes) -> list[Row]:
            f"{sizes.lat_per_user} streams, {sizes.lat_rate:,.0f} events/s)")
     return [
         Row(f"memory per idle stream, {sizes.idle:,} streams: RSS bytes",
-            (("idle", "memory_per_connection_bytes", "rss"),), target="max:0.5", ratio=True),
+            (("idle", "memory_per_connection_bytes", "rss"),), target="max:0.5", ratio=True,
+            goal="max:8000"),
         Row("    PSS bytes", (("idle", "memory_per_connection_bytes", "pss"),), ratio=True),
         Row("    USS bytes", (("idle", "memory_per_connection_bytes", "uss"),), ratio=True),
         Row("streams accepted per second (a distinct token per stream)",
-            (("idle", "accept_per_second"),), target="min:2", ratio=True),
+            (("idle", "accept_per_second"),), target="min:2", ratio=True, goal="min:10000"),
         Row("    accepted per server CPU second", (("idle", "accept_per_server_cpu_second"),),
             ratio=True),
         Row("    refused or failed (all runs)", (("idle", "failures"),), TOTAL),
         *_cpu("idle", "opened"),
         Row(f"delivered events/s at saturation, {fan}, 1 CloudEvent per POST",
-            (("fanout", "delivered_per_second"),), target="min:3", ratio=True),
+            (("fanout", "delivered_per_second"),), target="min:3", ratio=True,
+            goal="min:150000"),
         Row("    published (acked) events/s", (("fanout", "published_per_second"),), ratio=True),
         Row("    delivered per server CPU second",
             (("fanout", "delivered_per_server_cpu_second"),), ratio=True),
@@ -114,7 +119,7 @@ def rows(sizes: Sizes) -> list[Row]:
         *_checks("fanout"),
         *_cpu("fanout", "delivered"),
         Row(f"p99 publish-to-receive ms at {lat}", (("latency", "latency_ms", "p99"),),
-            ratio=True),
+            ratio=True, goal="max:0.5"),
         Row("    p50 ms", (("latency", "latency_ms", "p50"),), ratio=True),
         Row("    p90 ms", (("latency", "latency_ms", "p90"),)),
         Row("    max ms (worst)", (("latency", "latency_ms", "max"),), WORST),
@@ -124,13 +129,13 @@ def rows(sizes: Sizes) -> list[Row]:
         *_checks("latency"),
         *_cpu("latency", "delivered"),
         Row(f"events/s ingested, {sizes.ingest_users:,} users x 1 stream, 1 CloudEvent per POST",
-            (("ingest", "published_per_second"),), ratio=True),
+            (("ingest", "published_per_second"),), ratio=True, goal="min:15000"),
         Row("    delivered events/s", (("ingest", "delivered_per_second"),), ratio=True),
         Row("    server CPU share", (("ingest", "server_cpu_share"),)),
         *_checks("ingest"),
         *_cpu("ingest", "published"),
         Row(f"events/s ingested, {sizes.ingest_users:,} users x 1 stream, bulk deliveries of "
-            f"{sizes.batch} (ours only)", (("bulk", "published_per_second"),)),
+            f"{sizes.batch} (ours only)", (("bulk", "published_per_second"),), goal="min:60000"),
         Row("    delivered events/s", (("bulk", "delivered_per_second"),)),
         Row("    server CPU share", (("bulk", "server_cpu_share"),)),
         *_checks("bulk"),
@@ -170,6 +175,8 @@ def table(runs: dict[str, list[dict[str, Any]]], sizes: Sizes, names: Sequence[s
     header = ["metric", *(LABELS[n] for n in names), *(f"ours/{n}" for n in others)]
     if "naive" in others:
         header.append("target (vs naive)")
+    if "ours" in names:
+        header.append("goal (ours)")
     lines: list[list[str]] = []
     for row in rows(sizes):
         cells = {n: cell(runs[n], row) for n in names}
@@ -185,6 +192,8 @@ def table(runs: dict[str, list[dict[str, Any]]], sizes: Sizes, names: Sequence[s
             value = cells["naive"][1]
             line.append(_verdict(ours / value if ours is not None and value else None,
                                  row.target))
+        if "ours" in names:
+            line.append(_goal(ours, row.goal))
         lines.append(line)
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
     render = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
@@ -204,6 +213,19 @@ def _verdict(ratio: float | None, target: str | None) -> str:
         return text + " ?"
     ok = ratio <= limit if kind == "max" else ratio >= limit
     return f"{text} {'met' if ok else 'MISSED'}"
+
+
+def _goal(value: float | None, goal: str | None) -> str:
+    if goal is None:
+        return ""
+    kind, _, bound = goal.partition(":")
+    limit = float(bound)
+    text = f"{'<=' if kind == 'max' else '>='}{limit:,g}"
+    if value is None:
+        return text + " ?"
+    if (value <= limit) if kind == "max" else (value >= limit):
+        return text + " met"
+    return f"{text} MISSED ({value / limit:.0%})"
 
 
 CHECKED = ("missing", "out_of_order", "duplicates", "publish_failures", "disconnected")

@@ -33,7 +33,7 @@ from .errors import AuthError, CapacityError, CloseReason, UserLimitError
 from .frames import record_frame
 from .logs import escape
 from .metrics import REPLAYED, Metrics, Refusal
-from .outlet import FLUSH_SECONDS, chunk
+from .outlet import FLUSH_SECONDS, SocketWrites, chunk
 from .repair import GapRepair
 from .subscriptions import Subscriptions
 
@@ -54,6 +54,8 @@ class Hub:
         self._period = min(1.0, self._keepalive / 4)
         self._queue_size = settings.queue_size
         self.queue_bytes = settings.queue_bytes
+        #: Where the socket outlets' frames wait for the end of the loop turn.
+        self.socket_writes = SocketWrites()
         self._max_total = settings.max_connections
         self._max_per_user = settings.max_connections_per_user
         # Built outside a loop, so on its own clock unless one is given.

@@ -3,9 +3,10 @@
 The HTTP protocol (:mod:`.protocol`) hands a stream request here instead of
 to the application.  One short task authenticates and opens the stream; from
 then on the stream has no task, no coroutine and no queue of its own: the
-hub's fan-out writes each event's bytes, framed once as an HTTP chunk for
-every stream, straight to the transport (:class:`~.outlet.SocketOutlet`), and
-the transport's write buffer is the stream's bounded queue.
+hub's fan-out leaves each event's bytes, framed once as an HTTP chunk for
+every stream, in the stream's :class:`~.outlet.SocketOutlet`, which hands a
+turn's frames to the transport in one write; the transport's write buffer
+is the stream's bounded queue.
 
 :class:`SocketStream` stands in for uvicorn's request cycle on the
 connection, so uvicorn's own connection handling (keep-alive, pipelined
@@ -159,8 +160,9 @@ class SocketStream:
             return
         chunked = self._http_version == "1.1"
         self.conn = conn
-        outlet = SocketOutlet(protocol.transport, chunked, self._endpoint.hub.queue_bytes,
-                              self._ended)
+        hub = self._endpoint.hub
+        outlet = SocketOutlet(protocol.transport, chunked, hub.queue_bytes, self._ended,
+                              hub.socket_writes)
         head = protocol.stream_heads.head(protocol.server_state.default_headers, cors, chunked)
         conn.serve_on(outlet, head, self._endpoint.preamble())
 

@@ -29,7 +29,8 @@ from .frames import (
     resync_frame,
 )
 from .logs import escape
-from .outlet import QueueOutlet, SocketOutlet
+from .outlet import QueueOutlet
+from .socket_outlet import SocketOutlet
 
 __all__ = ["Connection"]
 

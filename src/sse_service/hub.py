@@ -33,8 +33,9 @@ from .errors import AuthError, CapacityError, CloseReason, UserLimitError
 from .frames import record_frame
 from .logs import escape
 from .metrics import REPLAYED, Metrics, Refusal
-from .outlet import FLUSH_SECONDS, SocketWrites, chunk
+from .outlet import FLUSH_SECONDS, chunk
 from .repair import GapRepair
+from .socket_outlet import SocketWrites
 from .subscriptions import Subscriptions
 
 __all__ = ["Hub"]

@@ -4,7 +4,7 @@ The HTTP protocol (:mod:`.protocol`) hands a stream request here instead of
 to the application.  One short task authenticates and opens the stream; from
 then on the stream has no task, no coroutine and no queue of its own: the
 hub's fan-out leaves each event's bytes, framed once as an HTTP chunk for
-every stream, in the stream's :class:`~.outlet.SocketOutlet`, which hands a
+every stream, in the stream's :class:`~.socket_outlet.SocketOutlet`, which hands a
 turn's frames to the transport in one write; the transport's write buffer
 is the stream's bounded queue.
 
@@ -27,7 +27,7 @@ from typing import Protocol
 from .connection import Connection
 from .errors import CloseReason
 from .log_setup import access_line
-from .outlet import SocketOutlet
+from .socket_outlet import SocketOutlet
 from .stream import STREAM_HEADERS, Response, StreamEndpoint
 
 __all__ = ["SocketStream", "StreamHeads", "StreamHost"]

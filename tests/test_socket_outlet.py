@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from sse_service.outlet import SocketOutlet, SocketWrites, chunk
+from sse_service.outlet import chunk
+from sse_service.socket_outlet import SocketOutlet, SocketWrites
 
 pytestmark = pytest.mark.timeout(10)
 

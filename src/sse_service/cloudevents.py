@@ -143,7 +143,8 @@ def _envelope(event: dict[str, object], payload: object) -> Envelope:
     ce_id = _attribute(event, "id")
     if ce_id is None:
         return Envelope(None, payload)
-    return Envelope(ce_id, payload, _attribute(event, "source") or "")
+    # tuple.__new__: a NamedTuple's own __new__ is a Python function, a frame per call.
+    return tuple.__new__(Envelope, (ce_id, payload, _attribute(event, "source") or ""))
 
 
 def _raw(encoded: object) -> bytes:

@@ -230,8 +230,9 @@ class Ingest:
             logger.log(level, "dropping CloudEvent %s: %s", escape(name, _NAME_CHARS), reason,
                        extra=_fields(name, DaprStatus.DROP, user, event, metadata, field))
             return reason
-        return _Ready(task_event.user_id, key, data, name, None,
-                      self._metrics.published_at(event))
+        # tuple.__new__: a NamedTuple's own __new__ is a Python function, a frame per call.
+        return tuple.__new__(_Ready, (task_event.user_id, key, data, name, None,
+                                      self._metrics.published_at(event)))
 
 
 def _fields(name: str, status: DaprStatus, user: str | None, event: object,

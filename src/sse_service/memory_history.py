@@ -43,13 +43,14 @@ class History:
         if existing is not None:
             return Appended(existing, duplicate=True)
         self.head += 1
-        record = Record(user_id, self.epoch, self.head, data)
+        # tuple.__new__: a NamedTuple's own __new__ is a Python function, a frame per call.
+        record = tuple.__new__(Record, (user_id, self.epoch, self.head, data))
         records.append((record, now, key))
         keys[key] = record
         if len(records) > size:
             _, _, old_key = records.popleft()
             keys.pop(old_key, None)
-        return Appended(record)
+        return tuple.__new__(Appended, (record, False))
 
     def trim(self, cutoff: float) -> None:
         """Drop the records stored before ``cutoff``, and their dedupe keys."""

@@ -178,6 +178,11 @@ class DeliveryQueue:
                 out.append(delivery.response(reply, protocol.server_state.default_headers))
                 keep_alive = keep_alive and delivery.keep_alive
                 if not (waiting and waiting[0].ready) or not keep_alive:
+                    streams = protocol.stream_endpoint
+                    if streams is not None:
+                        # The frames of these deliveries leave now, before their
+                        # answers, not a loop turn later.
+                        streams.hub.socket_writes.flush()
                     # Everything answerable now leaves in one write.
                     if not protocol.transport.is_closing():
                         protocol.transport.write(b"".join(out))

@@ -193,7 +193,7 @@ def table(runs: dict[str, list[dict[str, Any]]], sizes: Sizes, names: Sequence[s
             line.append(_verdict(ours / value if ours is not None and value else None,
                                  row.target))
         if "ours" in names:
-            line.append(_goal(ours, row.goal))
+            line.append(_verdict(ours, row.goal, unit=""))
         lines.append(line)
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
     render = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
@@ -203,29 +203,19 @@ def table(runs: dict[str, list[dict[str, Any]]], sizes: Sizes, names: Sequence[s
     return "\n".join(render)
 
 
-def _verdict(ratio: float | None, target: str | None) -> str:
-    if target is None:
+def _verdict(value: float | None, bound: str | None, unit: str = "x") -> str:
+    """``value`` against ``bound`` ("min:x" / "max:x"): ``met``, or ``MISSED``, with the
+    share of an absolute goal (``unit=""``) reached."""
+    if bound is None:
         return ""
-    kind, _, bound = target.partition(":")
-    limit = float(bound)
-    text = f"{'<=' if kind == 'max' else '>='}{limit:g}x"
-    if ratio is None:
-        return text + " ?"
-    ok = ratio <= limit if kind == "max" else ratio >= limit
-    return f"{text} {'met' if ok else 'MISSED'}"
-
-
-def _goal(value: float | None, goal: str | None) -> str:
-    if goal is None:
-        return ""
-    kind, _, bound = goal.partition(":")
-    limit = float(bound)
-    text = f"{'<=' if kind == 'max' else '>='}{limit:,g}"
+    kind, _, number = bound.partition(":")
+    limit = float(number)
+    text = f"{'<=' if kind == 'max' else '>='}{limit:,g}{unit}"
     if value is None:
         return text + " ?"
     if (value <= limit) if kind == "max" else (value >= limit):
         return text + " met"
-    return f"{text} MISSED ({value / limit:.0%})"
+    return f"{text} MISSED" + ("" if unit else f" ({value / limit:.0%})")
 
 
 CHECKED = ("missing", "out_of_order", "duplicates", "publish_failures", "disconnected")

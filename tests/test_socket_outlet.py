@@ -10,6 +10,7 @@ import pytest
 
 from sse_service.outlet import chunk
 from sse_service.socket_outlet import SocketOutlet, SocketWrites
+from support import aeventually
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -46,9 +47,11 @@ def outlet(transport: asyncio.WriteTransport, writes: SocketWrites, chunked: boo
                         (ended if ended is not None else []).append, writes)
 
 
-async def next_turn() -> None:
-    # The frames leave in a callback the outlet scheduled; it runs before this returns.
-    await asyncio.sleep(0)
+async def written(transport: RecordingTransport, count: int = 1) -> list[bytes]:
+    """The transport's writes, once there are ``count`` of them (the turn's end wrote them)."""
+    await aeventually(lambda: len(transport.writes) >= count, 5,
+                      message=lambda: f"{len(transport.writes)} writes, not {count}")
+    return transport.writes
 
 
 async def test_frames_of_one_turn_leave_in_one_write_at_its_end_in_order() -> None:
@@ -57,12 +60,10 @@ async def test_frames_of_one_turn_leave_in_one_write_at_its_end_in_order() -> No
     for frame in (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"):
         assert out.put(frame)
     assert transport.writes == []
-    await next_turn()
-    assert transport.writes == [chunk(b"data: 1\n\n") + chunk(b"data: 2\n\n")
+    assert await written(transport) == [chunk(b"data: 1\n\n") + chunk(b"data: 2\n\n")
                                 + chunk(b"data: 3\n\n")]
     assert out.put(b"data: 4\n\n", chunk(b"data: 4\n\n"))
-    await next_turn()
-    assert transport.writes[1:] == [chunk(b"data: 4\n\n")]
+    assert (await written(transport, 2))[1:] == [chunk(b"data: 4\n\n")]
 
 
 async def test_every_stream_with_frames_gets_its_own_single_write() -> None:
@@ -72,7 +73,8 @@ async def test_every_stream_with_frames_gets_its_own_single_write() -> None:
     for n in range(2):
         for out in outlets:
             assert out.put(b"data: %d\n\n" % n)
-    await next_turn()
+    for transport in transports:
+        await written(transport)
     assert [t.writes for t in transports] == [[b"data: 0\n\ndata: 1\n\n"]] * 3
 
 
@@ -81,7 +83,6 @@ async def test_a_write_outside_the_bound_follows_the_frames_already_waiting() ->
     out = outlet(transport, writes, chunked=False)
     assert out.put(b"data: live\n\n")
     out.write(b"data: replayed\n\n")
-    await next_turn()
     assert b"".join(transport.writes) == b"data: live\n\ndata: replayed\n\n"
 
 
@@ -92,7 +93,6 @@ async def test_closing_writes_what_waits_first_unless_told_to_drop_it() -> None:
         out = outlet(transport, writes)
         assert out.put(b"data: last\n\n")
         out.close(b"event: close\n\n", flush)
-    await next_turn()
     assert b"".join(kept.writes) == (chunk(b"data: last\n\n") + chunk(b"event: close\n\n")
                                      + b"0\r\n\r\n")
     assert b"".join(dropped.writes) == chunk(b"event: close\n\n") + b"0\r\n\r\n"
@@ -105,8 +105,7 @@ async def test_waiting_frames_count_against_the_byte_bound() -> None:
     assert out.put(frame) and out.put(frame)
     assert not out.put(frame), "100 buffered and 200 waiting leave no room for 100 more"
     assert out.backlog == (2, 300)
-    await next_turn()
-    assert transport.writes == [frame * 2]
+    assert await written(transport) == [frame * 2]
 
 
 async def test_a_socket_closed_before_the_turn_ends_gets_nothing_and_holds_back_nobody() -> None:
@@ -116,12 +115,10 @@ async def test_a_socket_closed_before_the_turn_ends_gets_nothing_and_holds_back_
     for out in outlets:
         assert out.put(b"data: x\n\n")
     gone.closing = True
-    await next_turn()
+    assert await written(alive) == [b"data: x\n\n"]
     assert gone.writes == [] and failing.aborted
-    assert alive.writes == [b"data: x\n\n"]
     assert outlets[2].put(b"data: y\n\n"), "a later turn is scheduled again"
-    await next_turn()
-    assert alive.writes == [b"data: x\n\n", b"data: y\n\n"]
+    assert await written(alive, 2) == [b"data: x\n\n", b"data: y\n\n"]
 
 
 async def test_frames_reach_a_real_socket_in_order() -> None:
@@ -132,12 +129,11 @@ async def test_frames_reach_a_real_socket_in_order() -> None:
         out = outlet(transport, SocketWrites(), chunked=False)
         for n in range(100):
             assert out.put(b"data: %d\n\n" % n)
-        await next_turn()
         expected = b"".join(b"data: %d\n\n" % n for n in range(100))
         theirs.setblocking(False)
         received = b""
         while len(received) < len(expected):
-            received += await loop.sock_recv(theirs, 65536)
+            received += await asyncio.wait_for(loop.sock_recv(theirs, 65536), 5)
         assert received == expected
     finally:
         transport.close()

@@ -32,6 +32,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import Settings
+from .head_deadlines import HeadDeadlines
 from .ingest import ROUTE
 from .socket_delivery import DeliveryQueue, SocketDelivery
 from .socket_stream import SocketStream, StreamHeads
@@ -60,6 +61,8 @@ TIMED_OUT = _plain(b"408 Request Timeout", b"request head not received in time")
 class BoundedHttpProtocol(HttpToolsProtocol):
     max_head_bytes: ClassVar[int] = 32_768
     head_timeout: ClassVar[float] = 10.0
+    #: The armed head deadlines of this server's connections (``head_timeout`` each).
+    head_deadlines: ClassVar[HeadDeadlines] = HeadDeadlines(10.0)
     #: Set to serve ``GET /events`` on the socket; None leaves it to the app.
     stream_endpoint: ClassVar[StreamEndpoint | None] = None
     #: Set to serve ``POST /task-updates`` on the socket; None leaves it to the app.
@@ -73,7 +76,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_head = True
         self._refused = False
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_armed = False
         self._deliveries: DeliveryQueue | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -110,7 +113,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._in_head = True
-        if self._head_timer is None:
+        if not self._head_armed:
             self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
@@ -193,15 +196,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     # -- internals -------------------------------------------------------------
     def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        self._head_armed = True
+        self.head_deadlines.arm(self, self.loop)
 
     def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._head_armed:
+            self._head_armed = False
+            self.head_deadlines.disarm(self)
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def head_timed_out(self) -> None:
+        """:class:`~.head_deadlines.HeadDeadlines` found this head past its deadline."""
+        self._head_armed = False
         if self.transport.is_closing() or not self._in_head:
             return
         if self.cycle is not None and not self.cycle.response_complete:
@@ -242,6 +247,7 @@ def bounded_protocol(
         {
             "max_head_bytes": settings.max_header_bytes,
             "head_timeout": settings.header_timeout_seconds,
+            "head_deadlines": HeadDeadlines(settings.header_timeout_seconds),
             "stream_endpoint": stream_endpoint,
             "delivery_endpoint": delivery_endpoint,
             "stream_heads": StreamHeads(),

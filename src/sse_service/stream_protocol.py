@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
 
+from .head_deadlines import HeadDeadlines
 from .protocol import TIMED_OUT, TOO_LARGE, BoundedHttpProtocol, refuse
 from .socket_stream import SocketStream, StreamHeads
 from .stream import WANTED
@@ -63,6 +64,8 @@ def _maybe_stream(head: bytes) -> bool | None:
 class StreamProtocol(asyncio.Protocol):
     max_head_bytes: ClassVar[int] = 32_768
     head_timeout: ClassVar[float] = 10.0
+    #: Shared with the fallback, which arms the deadlines after a hand-over.
+    head_deadlines: ClassVar[HeadDeadlines]
     stream_endpoint: ClassVar[StreamEndpoint]
     #: What serves a connection whose first request is no stream.
     fallback: ClassVar[type[BoundedHttpProtocol]]
@@ -73,7 +76,7 @@ class StreamProtocol(asyncio.Protocol):
 
     __slots__ = ("_config", "server_state", "_app_state", "loop", "transport", "cycle",
                  "_buffer", "_parser", "_url", "_headers", "_head_size", "_body",
-                 "_hand_over_now", "_timer", "_task")
+                 "_hand_over_now", "_armed", "_task")
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -90,7 +93,7 @@ class StreamProtocol(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._url, self._head_size, self._body = b"", 0, False
         self._hand_over_now = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._armed = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -109,7 +112,8 @@ class StreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server_state.connections.add(self)  # type: ignore[arg-type]
-        self._timer = self.loop.call_later(self.head_timeout, self._timed_out)
+        self._armed = True
+        self.head_deadlines.arm(self, self.loop)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -215,12 +219,13 @@ class StreamProtocol(asyncio.Protocol):
             successor.data_received(data)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._armed:
+            self._armed = False
+            self.head_deadlines.disarm(self)
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def head_timed_out(self) -> None:
+        """:class:`~.head_deadlines.HeadDeadlines` found this head past its deadline."""
+        self._armed = False
         if self.cycle is None and not self.transport.is_closing():
             self._refuse(TIMED_OUT, "request head not received within %.1fs", self.head_timeout)
 
@@ -236,6 +241,7 @@ def stream_protocol(fallback: type[BoundedHttpProtocol],
     ``fallback`` (made by :func:`~.protocol.bounded_protocol`, whose bounds it shares)."""
     return type("StreamProtocol", (StreamProtocol,), {
         "__slots__": (), "max_head_bytes": fallback.max_head_bytes,
-        "head_timeout": fallback.head_timeout, "stream_endpoint": endpoint,
+        "head_timeout": fallback.head_timeout, "head_deadlines": fallback.head_deadlines,
+        "stream_endpoint": endpoint,
         "fallback": fallback, "stream_heads": fallback.stream_heads,
     })

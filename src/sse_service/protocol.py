@@ -10,7 +10,9 @@ header, and a few hundred slow ones (slowloris) hold their sockets for good.
   the client gets ``431`` and the connection is closed;
 * a head deadline (``SSE_HEADER_TIMEOUT_SECONDS``): from the connection's first
   moment, and from the first byte of every later request on it, the whole head
-  must arrive in time or the connection gets ``408`` and is closed;
+  must arrive in time (give or take a quarter of the timeout: every head's
+  deadline is kept by :mod:`.head_deadlines`, on one timer) or the connection
+  gets ``408`` and is closed;
 * the transport, in the ASGI scope under ``scope["extensions"]["sse_service.transport"]``,
   so a stream on the ASGI path can abort a client that stopped reading.
 

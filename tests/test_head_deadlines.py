@@ -65,16 +65,14 @@ async def test_rearming_restarts_the_deadline() -> None:
     rearmed = Watcher("rearmed", expired, done)
     deadlines.arm(rearmed, loop)
     deadlines.arm(Watcher("other", expired), loop)
-    # Half a timeout later, by the loop's own clock: a timer, not a sleep.
-    halfway = loop.create_future()
-    loop.call_later(TIMEOUT / 2, halfway.set_result, None)
-    await asyncio.wait_for(halfway, 5)
     rearmed_at = loop.time()
     deadlines.arm(rearmed, loop)
     await asyncio.wait_for(done.wait(), 5)
-    # The other head kept its first deadline, so it went first.
+    # Re-armed behind the other head, once: had it kept its first place, it would
+    # have gone first, its later deadline holding back the other's.
     assert [name for name, _ in expired] == ["other", "rearmed"]
     assert expired[1][1] - rearmed_at >= TIMEOUT - 0.01
+    assert len(deadlines) == 0
 
 
 async def test_a_head_may_arm_itself_again_when_it_expires() -> None:
@@ -107,14 +105,15 @@ async def test_a_failing_head_does_not_stop_the_others(
         def head_timed_out(self) -> None:
             raise RuntimeError("broken")
 
-    deadlines.arm(Broken(), loop)
-    # Armed in the next sweep's window, so a later sweep must still run.
-    deadlines.arm(Watcher("after", expired), loop)
+    class ArmsAnother:
+        def head_timed_out(self) -> None:
+            expired.append(("after", loop.time()))
+            # Armed from the failing sweep: only a later sweep can expire it.
+            deadlines.arm(Watcher("later", expired, done), loop)
+
     with caplog.at_level(logging.ERROR, logger="sse_service.head_deadlines"):
-        later = loop.create_future()
-        loop.call_later(TIMEOUT * 1.5, later.set_result, None)
-        await asyncio.wait_for(later, 5)
-        deadlines.arm(Watcher("later", expired, done), loop)
+        deadlines.arm(Broken(), loop)
+        deadlines.arm(ArmsAnother(), loop)
         await asyncio.wait_for(done.wait(), 5)
     assert [name for name, _ in expired] == ["after", "later"]
     assert "expiring a request head failed" in caplog.text

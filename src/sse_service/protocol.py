@@ -62,8 +62,7 @@ TIMED_OUT = _plain(b"408 Request Timeout", b"request head not received in time")
 
 class BoundedHttpProtocol(HttpToolsProtocol):
     max_head_bytes: ClassVar[int] = 32_768
-    head_timeout: ClassVar[float] = 10.0
-    #: The armed head deadlines of this server's connections (``head_timeout`` each).
+    #: The armed head deadlines of this server's connections, and their timeout.
     head_deadlines: ClassVar[HeadDeadlines] = HeadDeadlines(10.0)
     #: Set to serve ``GET /events`` on the socket; None leaves it to the app.
     stream_endpoint: ClassVar[StreamEndpoint | None] = None
@@ -218,7 +217,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return
         if self._head_bytes == 0 and self.cycle is not None:
             return  # idle between requests: uvicorn's keep-alive timeout applies
-        self._refuse(TIMED_OUT, "request head not received within %.1fs", self.head_timeout)
+        self._refuse(TIMED_OUT, "request head not received within %.1fs",
+                     self.head_deadlines.timeout)
 
     def _refuse(self, response: bytes, reason: str, arg: float) -> None:
         self._refused = True
@@ -248,7 +248,6 @@ def bounded_protocol(
         (BoundedHttpProtocol,),
         {
             "max_head_bytes": settings.max_header_bytes,
-            "head_timeout": settings.header_timeout_seconds,
             "head_deadlines": HeadDeadlines(settings.header_timeout_seconds),
             "stream_endpoint": stream_endpoint,
             "delivery_endpoint": delivery_endpoint,

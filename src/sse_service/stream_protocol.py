@@ -63,7 +63,6 @@ def _maybe_stream(head: bytes) -> bool | None:
 
 class StreamProtocol(asyncio.Protocol):
     max_head_bytes: ClassVar[int] = 32_768
-    head_timeout: ClassVar[float] = 10.0
     #: Shared with the fallback, which arms the deadlines after a hand-over.
     head_deadlines: ClassVar[HeadDeadlines]
     stream_endpoint: ClassVar[StreamEndpoint]
@@ -227,7 +226,8 @@ class StreamProtocol(asyncio.Protocol):
         """:class:`~.head_deadlines.HeadDeadlines` found this head past its deadline."""
         self._armed = False
         if self.cycle is None and not self.transport.is_closing():
-            self._refuse(TIMED_OUT, "request head not received within %.1fs", self.head_timeout)
+            self._refuse(TIMED_OUT, "request head not received within %.1fs",
+                         self.head_deadlines.timeout)
 
     def _refuse(self, response: bytes, reason: str, arg: float) -> None:
         self._cancel_timer()
@@ -241,7 +241,7 @@ def stream_protocol(fallback: type[BoundedHttpProtocol],
     ``fallback`` (made by :func:`~.protocol.bounded_protocol`, whose bounds it shares)."""
     return type("StreamProtocol", (StreamProtocol,), {
         "__slots__": (), "max_head_bytes": fallback.max_head_bytes,
-        "head_timeout": fallback.head_timeout, "head_deadlines": fallback.head_deadlines,
+        "head_deadlines": fallback.head_deadlines,
         "stream_endpoint": endpoint,
         "fallback": fallback, "stream_heads": fallback.stream_heads,
     })
